@@ -1,0 +1,22 @@
+//! End-to-end tests against real servers started by the project's own scripts:
+//! RabbitMQ (`e2e/rabbitmq.sh`) and the in-repo fake Kubernetes API server.
+//!
+//! One process runs every trial so that one RabbitMQ serves them all; trials that stop
+//! their broker start a private one.
+
+mod rabbitmq_source;
+mod support;
+
+use std::process::ExitCode;
+
+use libtest_mimic::Arguments;
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let env = support::Env::new();
+    let mut trials = Vec::new();
+    trials.extend(rabbitmq_source::trials(&env));
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit_code()
+}

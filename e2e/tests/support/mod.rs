@@ -1,0 +1,24 @@
+//! Shared fixtures for the end-to-end trials.
+
+pub mod rabbitmq;
+
+use std::sync::{Arc, OnceLock};
+
+/// Servers shared by trials, started on first use and stopped when the run ends.
+#[derive(Clone, Default)]
+pub struct Env {
+    rabbit: Arc<OnceLock<Result<Arc<rabbitmq::RabbitMq>, String>>>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shared RabbitMQ, started on first use.
+    pub fn rabbitmq(&self) -> Result<Arc<rabbitmq::RabbitMq>, String> {
+        self.rabbit
+            .get_or_init(|| rabbitmq::RabbitMq::start().map(Arc::new))
+            .clone()
+    }
+}

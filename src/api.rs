@@ -1,0 +1,350 @@
+//! The `ScaledConsumer` custom resource (`nerite.dev/v1alpha1`).
+//!
+//! The schema published in `crds/` is generated from these types (`nerite crd`); the
+//! CEL rules below are enforced by the API server, and [`crate::validate`] checks the
+//! same constraints again in code for clusters or clients that bypass them.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Pattern every duration field must match: one or more `<number><unit>` groups, units
+/// `ms`, `s`, `m`, `h` (for example `500ms`, `5s`, `1m30s`, `2h`).
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Keeps a message-queue consumer workload sized to its queue.
+///
+/// nerite polls the broker named in `source`, decides how many replicas the workload in
+/// `scaleTargetRef` needs, and sets them through the workload's `/scale` subresource.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "nerite.dev",
+    version = "v1alpha1",
+    kind = "ScaledConsumer",
+    plural = "scaledconsumers",
+    singular = "scaledconsumer",
+    shortname = "scon",
+    category = "nerite",
+    namespaced,
+    status = "ScaledConsumerStatus",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.scaleTargetRef.name"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.source"}"#,
+    printcolumn = r#"{"name":"Backlog","type":"integer","jsonPath":".status.lastObservation.backlog"}"#,
+    printcolumn = r#"{"name":"Current","type":"integer","jsonPath":".status.currentReplicas"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.fallback) || !has(self.fallback.replicas) || (self.fallback.replicas >= self.minReplicas && self.fallback.replicas <= self.maxReplicas)").message("fallback.replicas must lie within [minReplicas, maxReplicas]"))]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledConsumerSpec {
+    /// The workload to scale. Any kind that has a `/scale` subresource works
+    /// (Deployment, StatefulSet, custom resources that declare one).
+    pub scale_target_ref: ScaleTargetRef,
+
+    /// Lowest replica count nerite sets. `0` allows scale to zero (see
+    /// `behavior.activationBacklog` and `behavior.scaleToZeroCooldown`).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+
+    /// Highest replica count nerite sets.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// While true nerite keeps observing and reporting but never changes the replica count.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+
+    /// The queue to watch. Exactly one broker must be set.
+    pub source: SourceSpec,
+
+    /// What "enough replicas" means.
+    pub objective: ObjectiveSpec,
+
+    /// How fast and how often nerite changes the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<BehaviorSpec>,
+
+    /// What to do while the source cannot be read. Missing data never lowers the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackSpec>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Reference to the scaled workload, in the ScaledConsumer's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    /// API version of the workload, e.g. `apps/v1`.
+    #[schemars(length(min = 1))]
+    pub api_version: String,
+    /// Kind of the workload, e.g. `Deployment`.
+    #[schemars(length(min = 1))]
+    pub kind: String,
+    /// Name of the workload.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The broker to observe. Exactly one field must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.rabbitmq)].filter(x, x).size() == 1").message("exactly one source must be set (supported: rabbitmq)"))]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// A RabbitMQ queue, read through the management HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitMqSource>,
+}
+
+impl SourceSpec {
+    /// Short human description used in status and printer columns.
+    pub fn describe(&self) -> String {
+        match &self.rabbitmq {
+            Some(r) => format!("rabbitmq:{}", r.queue),
+            None => "none".to_string(),
+        }
+    }
+}
+
+/// A RabbitMQ queue observed through the management plugin's HTTP API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.managementUrl.startsWith('http://') || self.managementUrl.startsWith('https://')").message("managementUrl must be an http:// or https:// URL"))]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitMqSource {
+    /// Base URL of the management API, e.g. `http://rabbitmq.default.svc:15672`.
+    /// Must not contain credentials: use `credentialsSecretRef`.
+    #[schemars(length(min = 1))]
+    pub management_url: String,
+    /// Virtual host of the queue.
+    #[serde(default = "default_vhost")]
+    #[schemars(length(min = 1))]
+    pub vhost: String,
+    /// Queue name.
+    #[schemars(length(min = 1, max = 255))]
+    pub queue: String,
+    /// Secret (in the ScaledConsumer's namespace) holding the management API user.
+    pub credentials_secret_ref: SecretKeysRef,
+    /// Whether delivered-but-unacknowledged messages count toward the backlog
+    /// (KEDA's `QueueLength` mode counts them). Default true.
+    #[serde(default = "default_true")]
+    pub include_unacked: bool,
+}
+
+fn default_vhost() -> String {
+    "/".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Keys of a Secret in the ScaledConsumer's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeysRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the user name. Default `username`.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key holding the password. Default `password`.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".to_string()
+}
+
+fn default_password_key() -> String {
+    "password".to_string()
+}
+
+/// The scaling objective.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectiveSpec {
+    /// Messages one replica should hold (KEDA's `value` for queue length): the count is
+    /// at least `ceil(backlog / backlogPerReplica)`.
+    #[schemars(range(min = 1))]
+    pub backlog_per_replica: i64,
+    /// Optional drain-time objective (e.g. `2m`): enough replicas to keep up with the
+    /// arrival rate and clear the backlog within this time, using measured per-replica
+    /// throughput once known. The larger of the two objectives wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("maxDrainTime must be at least 1s"))]
+    pub max_drain_time: Option<String>,
+}
+
+/// Timing and step limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BehaviorSpec {
+    /// How often the source is read. Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("pollInterval must be between 1s and 1h"))]
+    pub poll_interval: Option<String>,
+    /// Limits on increases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// Limits on decreases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+    /// At zero replicas, scale to one only when the backlog exceeds this. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub activation_backlog: Option<i64>,
+    /// With `minReplicas: 0`, scale to zero only after the backlog has been at or below
+    /// `activationBacklog` this long. Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("scaleToZeroCooldown must be a duration"))]
+    pub scale_to_zero_cooldown: Option<String>,
+}
+
+/// Stabilization and step limit for one direction.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Window over which recommendations are considered before changing the count:
+    /// scale-up uses the lowest recommendation of the window, scale-down the highest.
+    /// Defaults: `0s` up, `5m` down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('1h')").message("stabilizationWindow must be at most 1h"))]
+    pub stabilization_window: Option<String>,
+    /// Largest change in replicas per scaling action. Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_step: Option<i32>,
+}
+
+/// Behaviour while the source cannot be read.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.mode != 'Fixed' || has(self.replicas)").message("fallback.replicas is required when mode is Fixed"))]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackSpec {
+    /// `Hold` (default) keeps the current count; `Fixed` raises the count to `replicas`
+    /// after `afterFailures` consecutive failed reads (it never lowers it).
+    #[serde(default)]
+    pub mode: FallbackMode,
+    /// Replica floor used by `Fixed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// Consecutive failed reads before `Fixed` applies. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub after_failures: Option<i32>,
+}
+
+/// Fallback mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum FallbackMode {
+    /// Keep the current replica count.
+    #[default]
+    Hold,
+    /// Raise the count to `fallback.replicas` (never lower it).
+    Fixed,
+}
+
+/// Observed state, written by nerite only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledConsumerStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `SourceReachable`, `ScalingLimited`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Short description of the source, e.g. `rabbitmq:orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Replica count of the target when last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_replicas: Option<i32>,
+    /// Replica count nerite wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When nerite last changed the count (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// The last successful read of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_observation: Option<ObservationStatus>,
+    /// One-line explanation of the last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Consecutive failed reads of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<i32>,
+    /// Smoothed messages per second one replica processes, once measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_replica_throughput: Option<f64>,
+}
+
+/// A standard Kubernetes condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable CamelCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Last time `status` changed (RFC 3339).
+    pub last_transition_time: String,
+    /// Generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// What the last successful read of the source saw.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservationStatus {
+    /// Messages counted toward the objective (ready, plus unacked when included).
+    pub backlog: i64,
+    /// Messages ready for delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<i64>,
+    /// Messages delivered but not yet acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacked: Option<i64>,
+    /// Consumers attached to the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<i64>,
+    /// Messages published per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<f64>,
+    /// Messages delivered per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_rate: Option<f64>,
+    /// Messages acknowledged per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_rate: Option<f64>,
+    /// Fraction of time the queue could deliver to its consumers (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_utilisation: Option<f64>,
+    /// When the broker was read (RFC 3339).
+    pub observed_at: String,
+}

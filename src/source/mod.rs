@@ -1,0 +1,140 @@
+//! Broker sources: one trait, one file per broker.
+//!
+//! A source turns a broker's view of a queue into an [`Observation`]. Sources never decide
+//! anything and never touch Kubernetes; they are shared by every ScaledConsumer that points at
+//! the same endpoint (one HTTP client per endpoint, no per-object long-lived connections).
+
+pub mod rabbitmq;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// One reading of a queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// Messages counted toward the objective (the source's counting rule applied).
+    pub backlog: i64,
+    /// Messages ready for delivery.
+    pub ready: Option<i64>,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: Option<i64>,
+    /// Consumers attached.
+    pub consumers: Option<i64>,
+    /// Arrivals per second.
+    pub publish_rate: Option<f64>,
+    /// Deliveries per second.
+    pub deliver_rate: Option<f64>,
+    /// Completions (acks) per second.
+    pub ack_rate: Option<f64>,
+    /// Fraction of time the queue could push to its consumers (0..1).
+    pub consumer_utilisation: Option<f64>,
+    /// When the reading was taken.
+    pub observed_at: Timestamp,
+}
+
+/// Credentials read from a Kubernetes Secret. `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    password: String,
+}
+
+impl Credentials {
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The password, for building a request. Never log or format it.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a source could not be read. Messages name the endpoint and the object, never a
+/// credential.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    /// The broker rejected the credentials (HTTP 401).
+    #[error(
+        "authentication failed at {endpoint}: check the user and password in the credentials Secret"
+    )]
+    Unauthorized { endpoint: String },
+    /// The user lacks permission for the vhost or queue (HTTP 403).
+    #[error("access denied at {endpoint}: {detail}")]
+    Forbidden { endpoint: String, detail: String },
+    /// The virtual host does not exist.
+    #[error("vhost {vhost:?} does not exist at {endpoint}")]
+    VhostNotFound { endpoint: String, vhost: String },
+    /// The queue does not exist.
+    #[error("queue {queue:?} not found in vhost {vhost:?} at {endpoint}")]
+    QueueNotFound {
+        endpoint: String,
+        vhost: String,
+        queue: String,
+    },
+    /// The host name does not resolve.
+    #[error("cannot resolve host of {endpoint}: {detail}")]
+    Dns { endpoint: String, detail: String },
+    /// Connection refused or reset, or no route.
+    #[error("cannot connect to {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    /// No answer within the deadline.
+    #[error("no answer from {endpoint} within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
+    /// The broker answered with something unexpected (5xx, malformed body, ...).
+    #[error("unexpected answer from {endpoint}: {detail}")]
+    Protocol { endpoint: String, detail: String },
+    /// The source configuration cannot work (e.g. a malformed URL).
+    #[error("invalid source configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl SourceError {
+    /// CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Unauthorized { .. } => "Unauthorized",
+            SourceError::Forbidden { .. } => "Forbidden",
+            SourceError::VhostNotFound { .. } => "VhostNotFound",
+            SourceError::QueueNotFound { .. } => "QueueNotFound",
+            SourceError::Dns { .. } => "HostNotFound",
+            SourceError::Unreachable { .. } => "Unreachable",
+            SourceError::Timeout { .. } => "Timeout",
+            SourceError::Protocol { .. } => "ProtocolError",
+            SourceError::InvalidConfig(_) => "InvalidSourceConfig",
+        }
+    }
+
+    /// True when retrying without a spec change cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SourceError::InvalidConfig(_))
+    }
+}
+
+/// A broker source. Implementations are cheap to share (`Arc`) and keep one client per
+/// endpoint internally.
+pub trait Source: Send + Sync {
+    /// What identifies one queue on this broker, credentials included.
+    type Target: Send + Sync;
+
+    /// Read the queue once. Must finish (success or error) within the source's timeout.
+    fn observe(
+        &self,
+        target: &Self::Target,
+    ) -> impl Future<Output = Result<Observation, SourceError>> + Send;
+}
