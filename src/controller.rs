@@ -1,0 +1,571 @@
+//! The reconcile loop: validate → observe → decide → act → status.
+//!
+//! Each ScaledConsumer is re-observed every poll interval. The decision itself is
+//! [`crate::policy::decide`]; this module only gathers its inputs and carries out its output.
+//! Status writes wake the controller again, so a reconcile that finds the object's generation
+//! unchanged and its next poll not yet due returns at once without any I/O.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::api::{ScaledConsumer, ScaledConsumerStatus};
+use crate::error::{Error, Result};
+use crate::kubeio::{KubeIo, TargetScale};
+use crate::policy::{self, Decision, History, Input, Limit};
+use crate::source::rabbitmq::{ManagementApi, RabbitMqTarget};
+use crate::source::{Observation, Source};
+use crate::status::{self, CondUpdate, READY, SCALING_LIMITED, SOURCE_REACHABLE};
+use crate::validate::{self, ValidSource, ValidSpec};
+
+/// Operator settings (from the command line).
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Deadline for one broker read.
+    pub source_timeout: Duration,
+    /// Most reconciles running at once.
+    pub concurrency: u16,
+    /// Longest delay between retries after failures.
+    pub max_backoff: Duration,
+    /// Name of this operator instance, shown in Events.
+    pub instance: Option<String>,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            source_timeout: Duration::from_secs(5),
+            concurrency: 64,
+            max_backoff: Duration::from_secs(60),
+            instance: None,
+        }
+    }
+}
+
+/// What the controller remembers about one ScaledConsumer between ticks.
+#[derive(Default)]
+struct ObjectState {
+    history: Option<History>,
+    generation: Option<i64>,
+    next_poll: Option<Instant>,
+    /// `reason: message` of the last error reported by Event, to report each new one once.
+    last_error: Option<String>,
+    api_failures: u32,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    kube: KubeIo,
+    rabbitmq: ManagementApi,
+    config: OperatorConfig,
+    state: Mutex<HashMap<String, ObjectState>>,
+}
+
+/// Run the operator until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (scs, deployments, statefulsets): (Api<ScaledConsumer>, Api<Deployment>, Api<StatefulSet>) =
+        match &config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let ctx = Arc::new(Context {
+        kube: KubeIo::new(client.clone(), config.instance.clone()),
+        rabbitmq: ManagementApi::new(config.source_timeout),
+        state: Mutex::default(),
+        config: config.clone(),
+    });
+    let controller = Controller::new(scs, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(config.concurrency));
+    let store = controller.store();
+    let deploy_store = store.clone();
+    let sts_store = store.clone();
+    tracing::info!(namespace = ?config.namespace, "nerite operator starting");
+    controller
+        .watches(deployments, watcher::Config::default(), move |d| {
+            targets_of(&deploy_store, "Deployment", &d)
+        })
+        .watches(statefulsets, watcher::Config::default(), move |s| {
+            targets_of(&sts_store, "StatefulSet", &s)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::trace!(object = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    tracing::info!("nerite operator stopped");
+}
+
+/// The ScaledConsumers whose `scaleTargetRef` names this workload.
+fn targets_of<K: Resource>(
+    store: &Store<ScaledConsumer>,
+    kind: &str,
+    workload: &K,
+) -> Vec<ObjectRef<ScaledConsumer>> {
+    let name = workload.meta().name.clone().unwrap_or_default();
+    let namespace = workload.meta().namespace.clone();
+    store
+        .state()
+        .iter()
+        .filter(|sc| {
+            sc.spec.scale_target_ref.kind == kind
+                && sc.spec.scale_target_ref.name == name
+                && sc.metadata.namespace == namespace
+        })
+        .map(|sc| ObjectRef::from_obj(sc.as_ref()))
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn key_of(sc: &ScaledConsumer) -> String {
+    format!(
+        "{}/{}",
+        sc.metadata.namespace.as_deref().unwrap_or_default(),
+        sc.name_any()
+    )
+}
+
+async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = sc
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let key = key_of(&sc);
+    let generation = sc.metadata.generation;
+
+    let valid = match validate::validate(&sc.spec) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = Error::InvalidSpec(e);
+            report_blocked(&sc, &ctx, &key, &err).await?;
+            lock(&ctx.state).entry(key).or_default().generation = generation;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Throttle: status writes and target changes wake us; poll only when due.
+    {
+        let mut states = lock(&ctx.state);
+        let st = states.entry(key.clone()).or_default();
+        if st.generation == generation {
+            if let Some(next) = st.next_poll {
+                let now = Instant::now();
+                if now < next {
+                    return Ok(Action::requeue(next - now));
+                }
+            }
+        }
+    }
+
+    let delay = tick(&sc, &valid, &namespace, &key, &ctx).await?;
+    let mut states = lock(&ctx.state);
+    let st = states.entry(key).or_default();
+    st.generation = generation;
+    st.next_poll = Some(Instant::now() + delay);
+    st.api_failures = 0;
+    Ok(Action::requeue(delay))
+}
+
+fn error_policy(sc: Arc<ScaledConsumer>, err: &Error, ctx: Arc<Context>) -> Action {
+    let mut states = lock(&ctx.state);
+    let st = states.entry(key_of(&sc)).or_default();
+    st.api_failures = st.api_failures.saturating_add(1);
+    st.next_poll = None;
+    let delay = backoff(
+        Duration::from_secs(1),
+        st.api_failures,
+        ctx.config.max_backoff,
+    );
+    tracing::warn!(object = %key_of(&sc), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// `base · 2^(n-1)`, capped.
+fn backoff(base: Duration, failures: u32, cap: Duration) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    base.saturating_mul(factor).min(cap).max(base)
+}
+
+/// One observation and decision. Returns when the next one is due.
+async fn tick(
+    sc: &ScaledConsumer,
+    valid: &ValidSpec,
+    namespace: &str,
+    key: &str,
+    ctx: &Context,
+) -> Result<Duration> {
+    let cfg = &valid.policy;
+    let poll = cfg.poll_interval;
+
+    // The target first: without its current count there is nothing to decide.
+    let target = match ctx.kube.target(namespace, &valid.target).await {
+        Ok(t) => t,
+        Err(e) => return target_problem(sc, ctx, key, e, poll).await,
+    };
+    let scale = match ctx.kube.scale(&target).await {
+        Ok(s) => s,
+        Err(e) => return target_problem(sc, ctx, key, e, poll).await,
+    };
+
+    let observed = observe(valid, namespace, ctx).await;
+    let now = Timestamp::now();
+    let current = scale.desired;
+
+    let (decision, failures, throughput) = {
+        let mut states = lock(&ctx.state);
+        let st = states.entry(key.to_string()).or_default();
+        let history = st
+            .history
+            .get_or_insert_with(|| seeded_history(sc, current, now));
+        let input = match &observed {
+            Ok(obs) => Input::Observed(obs),
+            Err(_) => Input::Unavailable,
+        };
+        let decision = policy::decide(input, cfg, history, current, now);
+        history.record(input, &decision, cfg, current, now);
+        (
+            decision,
+            history.consecutive_failures,
+            history.per_replica_throughput,
+        )
+    };
+
+    let mut scaled = false;
+    if decision.desired != current {
+        ctx.kube.set_replicas(&target, decision.desired).await?;
+        scaled = true;
+        tracing::info!(
+            object = key,
+            from = current,
+            to = decision.desired,
+            reason = %decision.reason,
+            "scaled"
+        );
+        ctx.kube
+            .event(
+                sc,
+                false,
+                "Scaled",
+                "Scale",
+                format!(
+                    "{} {}: {} → {} replicas ({})",
+                    target.kind, target.name, current, decision.desired, decision.reason
+                ),
+            )
+            .await;
+    }
+
+    let source_error = observed.as_ref().err();
+    report_source_error(sc, ctx, key, source_error).await;
+
+    let status = build_status(
+        sc,
+        valid,
+        StatusInputs {
+            scale,
+            observation: observed.as_ref().ok(),
+            error: source_error,
+            decision: &decision,
+            scaled,
+            failures,
+            throughput,
+        },
+    );
+    ctx.kube.apply_status(sc, &status).await?;
+
+    Ok(match source_error {
+        None => poll,
+        Some(_) => backoff(poll, failures, ctx.config.max_backoff.max(poll)),
+    })
+}
+
+/// History for an object the controller has not seen since it started. The last scale time
+/// survives restarts through the status.
+fn seeded_history(sc: &ScaledConsumer, current: i32, now: Timestamp) -> History {
+    let mut h = History::seeded(current, now);
+    h.last_scale = sc
+        .status
+        .as_ref()
+        .and_then(|s| s.last_scale_time.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    h.per_replica_throughput = sc
+        .status
+        .as_ref()
+        .and_then(|s| s.per_replica_throughput)
+        .filter(|v| v.is_finite() && *v > 0.0);
+    h
+}
+
+/// Credentials, then the broker.
+async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Result<Observation> {
+    match &valid.source {
+        ValidSource::RabbitMq {
+            management_url,
+            vhost,
+            queue,
+            include_unacked,
+            credentials,
+        } => {
+            let creds = ctx.kube.credentials(namespace, credentials).await?;
+            let target = RabbitMqTarget {
+                management_url: management_url.clone(),
+                vhost: vhost.clone(),
+                queue: queue.clone(),
+                include_unacked: *include_unacked,
+                credentials: creds,
+            };
+            let res = ctx.rabbitmq.observe(&target).await;
+            if let Err(crate::source::SourceError::Unauthorized { .. }) = &res {
+                ctx.kube.forget_secret(namespace, &credentials.name);
+            }
+            Ok(res?)
+        }
+    }
+}
+
+/// Emit a Warning Event for each new source error, and a Normal one on recovery.
+async fn report_source_error(sc: &ScaledConsumer, ctx: &Context, key: &str, err: Option<&Error>) {
+    let fingerprint = err.map(|e| format!("{}: {e}", e.reason()));
+    let previous = {
+        let mut states = lock(&ctx.state);
+        let st = states.entry(key.to_string()).or_default();
+        std::mem::replace(&mut st.last_error, fingerprint.clone())
+    };
+    match (err, previous) {
+        (Some(e), prev) if prev.as_ref() != fingerprint.as_ref() => {
+            tracing::warn!(object = key, reason = e.reason(), error = %e, "source unavailable");
+            ctx.kube
+                .event(
+                    sc,
+                    true,
+                    e.reason(),
+                    "Observe",
+                    format!("{e}; holding the replica count"),
+                )
+                .await;
+        }
+        (None, Some(_)) => {
+            ctx.kube
+                .event(
+                    sc,
+                    false,
+                    "SourceRecovered",
+                    "Observe",
+                    "source readable again".to_string(),
+                )
+                .await;
+        }
+        _ => {}
+    }
+}
+
+/// Invalid spec: set conditions and emit an Event once; nothing else happens.
+async fn report_blocked(sc: &ScaledConsumer, ctx: &Context, key: &str, err: &Error) -> Result<()> {
+    let fingerprint = format!("{}: {err}", err.reason());
+    let is_new = {
+        let mut states = lock(&ctx.state);
+        let st = states.entry(key.to_string()).or_default();
+        let new = st.last_error.as_deref() != Some(fingerprint.as_str());
+        st.last_error = Some(fingerprint);
+        new
+    };
+    if is_new {
+        tracing::warn!(object = key, reason = err.reason(), error = %err, "cannot scale");
+        ctx.kube
+            .event(sc, true, err.reason(), "Validate", err.to_string())
+            .await;
+    }
+    let now = Timestamp::now();
+    let prev = sc.status.clone().unwrap_or_default();
+    let mut updates = vec![CondUpdate::new(READY, false, err.reason(), err.to_string())];
+    if matches!(err, Error::InvalidSpec(_)) {
+        updates.push(CondUpdate::new(
+            SCALING_LIMITED,
+            true,
+            "InvalidSpec",
+            "nothing is scaled until the spec is fixed",
+        ));
+    }
+    let status = ScaledConsumerStatus {
+        observed_generation: sc.metadata.generation,
+        conditions: status::merge_conditions(
+            &prev.conditions,
+            &updates,
+            sc.metadata.generation,
+            now,
+        ),
+        source: Some(sc.spec.source.describe()),
+        reason: Some(format!("not scaling: {err}")),
+        ..prev
+    };
+    ctx.kube.apply_status(sc, &status).await
+}
+
+/// A target that cannot be resolved or read: report it and retry later (a permanent problem
+/// waits for a spec change, with a slow safety retry in case the cluster changes).
+async fn target_problem(
+    sc: &ScaledConsumer,
+    ctx: &Context,
+    key: &str,
+    err: Error,
+    poll: Duration,
+) -> Result<Duration> {
+    if let Error::Kube(_) = err {
+        return Err(err);
+    }
+    report_blocked(sc, ctx, key, &err).await?;
+    Ok(if err.is_permanent() {
+        ctx.config.max_backoff.max(poll)
+    } else {
+        poll.max(Duration::from_secs(2))
+    })
+}
+
+struct StatusInputs<'a> {
+    scale: TargetScale,
+    observation: Option<&'a Observation>,
+    error: Option<&'a Error>,
+    decision: &'a Decision,
+    scaled: bool,
+    failures: u32,
+    throughput: Option<f64>,
+}
+
+fn build_status(
+    sc: &ScaledConsumer,
+    valid: &ValidSpec,
+    i: StatusInputs<'_>,
+) -> ScaledConsumerStatus {
+    let now = Timestamp::now();
+    let prev = sc.status.clone().unwrap_or_default();
+    let generation = sc.metadata.generation;
+    let d = i.decision;
+
+    let mut updates = Vec::new();
+    match i.error {
+        None => {
+            let backlog = i.observation.map(|o| o.backlog).unwrap_or_default();
+            updates.push(CondUpdate::new(
+                SOURCE_REACHABLE,
+                true,
+                "Observed",
+                format!("read {}: backlog {backlog}", sc.spec.source.describe()),
+            ));
+            updates.push(CondUpdate::new(
+                READY,
+                true,
+                if i.scaled { "Scaled" } else { "Observed" },
+                d.reason.clone(),
+            ));
+        }
+        Some(e) => {
+            updates.push(CondUpdate::new(
+                SOURCE_REACHABLE,
+                false,
+                e.reason(),
+                e.to_string(),
+            ));
+            updates.push(CondUpdate::new(
+                READY,
+                false,
+                "SourceUnavailable",
+                format!("{}: {e}", e.reason()),
+            ));
+        }
+    }
+    updates.push(match d.limit {
+        Some(limit) => {
+            CondUpdate::new(SCALING_LIMITED, true, limit_reason(limit), d.reason.clone())
+        }
+        None => CondUpdate::new(
+            SCALING_LIMITED,
+            false,
+            "WithinBounds",
+            format!(
+                "within [{}, {}]",
+                valid.policy.min_replicas, valid.policy.max_replicas
+            ),
+        ),
+    });
+
+    ScaledConsumerStatus {
+        observed_generation: generation,
+        conditions: status::merge_conditions(&prev.conditions, &updates, generation, now),
+        source: Some(sc.spec.source.describe()),
+        current_replicas: Some(i.scale.running),
+        desired_replicas: Some(d.desired),
+        last_scale_time: if i.scaled {
+            Some(status::rfc3339(now))
+        } else {
+            prev.last_scale_time
+        },
+        last_observation: i
+            .observation
+            .map(status::observation_status)
+            .or(prev.last_observation),
+        reason: Some(d.reason.clone()),
+        consecutive_failures: Some(i32::try_from(i.failures).unwrap_or(i32::MAX)),
+        per_replica_throughput: i.throughput.map(|v| (v * 100.0).round() / 100.0),
+    }
+}
+
+fn limit_reason(limit: Limit) -> &'static str {
+    match limit {
+        Limit::Min => "AtMinReplicas",
+        Limit::Max => "AtMaxReplicas",
+        Limit::MaxStepUp => "MaxStepUp",
+        Limit::MaxStepDown => "MaxStepDown",
+        Limit::Stabilization => "Stabilizing",
+        Limit::ScaleToZeroCooldown => "ScaleToZeroCooldown",
+        Limit::Paused => "Paused",
+        Limit::NoData => "NoData",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(1), 0, s(60)), s(1));
+        assert_eq!(backoff(s(1), 1, s(60)), s(1));
+        assert_eq!(backoff(s(1), 2, s(60)), s(2));
+        assert_eq!(backoff(s(1), 4, s(60)), s(8));
+        assert_eq!(backoff(s(1), 40, s(60)), s(60));
+        assert_eq!(backoff(s(5), 3, s(60)), s(20));
+    }
+}

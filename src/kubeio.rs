@@ -1,0 +1,258 @@
+//! The one place that talks to the Kubernetes API on behalf of the controller: resolving and
+//! scaling targets through `/scale`, reading credentials, writing status and Events.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{ScaleTargetRef, ScaledConsumer, ScaledConsumerStatus, SecretKeysRef};
+use crate::error::{Error, Result};
+use crate::source::Credentials;
+
+/// Field manager nerite uses for every write.
+pub const FIELD_MANAGER: &str = "nerite";
+
+/// How long a resolved kind or a read Secret is reused before asking again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(300);
+const SECRET_TTL: Duration = Duration::from_secs(60);
+
+/// Replica counts read from a target's `/scale`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetScale {
+    /// `spec.replicas`: what the workload is asked to run.
+    pub desired: i32,
+    /// `status.replicas`: what it runs.
+    pub running: i32,
+}
+
+/// A resolved, scalable workload.
+#[derive(Clone)]
+pub struct Target {
+    api: Api<DynamicObject>,
+    pub kind: String,
+    pub name: String,
+}
+
+type SecretCache = HashMap<(String, String), (Instant, Secret)>;
+
+/// Kubernetes access for the controller.
+pub struct KubeIo {
+    client: Client,
+    recorder: Recorder,
+    kinds: Mutex<HashMap<(String, String), (Instant, ApiResource)>>,
+    secrets: Mutex<SecretCache>,
+}
+
+impl KubeIo {
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            kinds: Mutex::default(),
+            secrets: Mutex::default(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Resolve `scaleTargetRef` to an API that has a `/scale` subresource.
+    pub async fn target(&self, namespace: &str, r: &ScaleTargetRef) -> Result<Target> {
+        let ar = self.resolve_kind(&r.api_version, &r.kind).await?;
+        Ok(Target {
+            api: Api::namespaced_with(self.client.clone(), namespace, &ar),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+        })
+    }
+
+    async fn resolve_kind(&self, api_version: &str, kind: &str) -> Result<ApiResource> {
+        let key = (api_version.to_string(), kind.to_string());
+        if let Some((at, ar)) = lock(&self.kinds).get(&key) {
+            if at.elapsed() < DISCOVERY_TTL {
+                return Ok(ar.clone());
+            }
+        }
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), api_version.to_string()),
+        };
+        let gvk = GroupVersionKind::gvk(&group, &version, kind);
+        let unknown = || Error::UnknownTargetKind {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        };
+        let (ar, caps) = match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok(found) => found,
+            Err(kube::Error::Discovery(_)) => return Err(unknown()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Err(unknown()),
+            Err(e) => return Err(Error::Kube(e)),
+        };
+        if !caps
+            .subresources
+            .iter()
+            .any(|(sub, _)| sub.plural == "scale")
+        {
+            return Err(Error::TargetNotScalable {
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+        lock(&self.kinds).insert(key, (Instant::now(), ar.clone()));
+        Ok(ar)
+    }
+
+    /// Read the target's replica counts.
+    pub async fn scale(&self, target: &Target) -> Result<TargetScale> {
+        match target.api.get_scale(&target.name).await {
+            Ok(scale) => Ok(TargetScale {
+                desired: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+                running: scale.status.map(|s| s.replicas).unwrap_or(0),
+            }),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::TargetNotFound {
+                kind: target.kind.clone(),
+                name: target.name.clone(),
+                namespace: target.api.namespace().unwrap_or_default().to_string(),
+            }),
+            Err(e) => Err(Error::Kube(e)),
+        }
+    }
+
+    /// Set the target's replica count through `/scale`.
+    pub async fn set_replicas(&self, target: &Target, replicas: i32) -> Result<()> {
+        let patch = json!({ "spec": { "replicas": replicas } });
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        target
+            .api
+            .patch_scale(&target.name, &pp, &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Read credentials from a Secret in `namespace` (cached briefly).
+    pub async fn credentials(&self, namespace: &str, keys: &SecretKeysRef) -> Result<Credentials> {
+        let cache_key = (namespace.to_string(), keys.name.clone());
+        let cached = lock(&self.secrets)
+            .get(&cache_key)
+            .filter(|(at, _)| at.elapsed() < SECRET_TTL)
+            .map(|(_, s)| s.clone());
+        let secret = match cached {
+            Some(s) => s,
+            None => {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                let secret =
+                    api.get_opt(&keys.name)
+                        .await?
+                        .ok_or_else(|| Error::SecretNotFound {
+                            name: keys.name.clone(),
+                            namespace: namespace.to_string(),
+                        })?;
+                lock(&self.secrets).insert(cache_key, (Instant::now(), secret.clone()));
+                secret
+            }
+        };
+        let value = |key: &str| -> Result<String> {
+            let missing = || Error::SecretKeyMissing {
+                name: keys.name.clone(),
+                namespace: namespace.to_string(),
+                key: key.to_string(),
+            };
+            if let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(key)) {
+                return String::from_utf8(bytes.0.clone()).map_err(|_| missing());
+            }
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+                .ok_or_else(missing)
+        };
+        Ok(Credentials::new(
+            value(&keys.username_key)?,
+            value(&keys.password_key)?,
+        ))
+    }
+
+    /// Drop a cached Secret so the next read sees a rotated value.
+    pub fn forget_secret(&self, namespace: &str, name: &str) {
+        lock(&self.secrets).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Write the status by server-side apply under nerite's field manager.
+    pub async fn apply_status(
+        &self,
+        sc: &ScaledConsumer,
+        status: &ScaledConsumerStatus,
+    ) -> Result<()> {
+        let namespace = sc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+        let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": ScaledConsumer::api_version(&()),
+            "kind": ScaledConsumer::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &sc.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Publish an Event on the ScaledConsumer. Failures are logged, never returned: an Event
+    /// that cannot be written must not stop scaling.
+    pub async fn event(
+        &self,
+        sc: &ScaledConsumer,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(note, 1000)),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sc.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -1,0 +1,168 @@
+//! Pure construction of the status: conditions keep their `lastTransitionTime` while their
+//! status does not change.
+
+use jiff::Timestamp;
+
+use crate::api::{Condition, ObservationStatus};
+use crate::source::Observation;
+
+pub const READY: &str = "Ready";
+pub const SOURCE_REACHABLE: &str = "SourceReachable";
+pub const SCALING_LIMITED: &str = "ScalingLimited";
+
+/// A condition before its transition time is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CondUpdate {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl CondUpdate {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Merge `updates` into `previous`: a condition whose status is unchanged keeps its
+/// `lastTransitionTime`; conditions not updated are kept as they were.
+pub fn merge_conditions(
+    previous: &[Condition],
+    updates: &[CondUpdate],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = previous.to_vec();
+    for u in updates {
+        let status = if u.status { "True" } else { "False" }.to_string();
+        let existing = out.iter_mut().find(|c| c.type_ == u.type_);
+        match existing {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = rfc3339(now);
+                }
+                c.status = status;
+                c.reason = u.reason.clone();
+                c.message = u.message.clone();
+                c.observed_generation = generation;
+            }
+            None => out.push(Condition {
+                type_: u.type_.to_string(),
+                status,
+                reason: u.reason.clone(),
+                message: u.message.clone(),
+                last_transition_time: rfc3339(now),
+                observed_generation: generation,
+            }),
+        }
+    }
+    let order = [READY, SOURCE_REACHABLE, SCALING_LIMITED];
+    out.sort_by_key(|c| {
+        order
+            .iter()
+            .position(|t| *t == c.type_)
+            .unwrap_or(order.len())
+    });
+    out
+}
+
+/// RFC 3339 with second precision, as Kubernetes writes times.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The observation as shown in status.
+pub fn observation_status(obs: &Observation) -> ObservationStatus {
+    ObservationStatus {
+        backlog: obs.backlog,
+        ready: obs.ready,
+        unacked: obs.unacked,
+        consumers: obs.consumers,
+        publish_rate: obs.publish_rate.map(round2),
+        deliver_rate: obs.deliver_rate.map(round2),
+        ack_rate: obs.ack_rate.map(round2),
+        consumer_utilisation: obs.consumer_utilisation.map(round2),
+        observed_at: rfc3339(obs.observed_at),
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    if v.is_finite() {
+        (v * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).expect("valid")
+    }
+
+    #[test]
+    fn transition_time_kept_while_status_unchanged() {
+        let first = merge_conditions(
+            &[],
+            &[CondUpdate::new(READY, true, "Scaled", "ok")],
+            Some(1),
+            ts(0),
+        );
+        let second = merge_conditions(
+            &first,
+            &[CondUpdate::new(READY, true, "Observed", "still ok")],
+            Some(2),
+            ts(60),
+        );
+        assert_eq!(second[0].last_transition_time, rfc3339(ts(0)));
+        assert_eq!(second[0].message, "still ok");
+        assert_eq!(second[0].observed_generation, Some(2));
+        let third = merge_conditions(
+            &second,
+            &[CondUpdate::new(READY, false, "Unreachable", "down")],
+            Some(2),
+            ts(120),
+        );
+        assert_eq!(third[0].last_transition_time, rfc3339(ts(120)));
+        assert_eq!(third[0].status, "False");
+    }
+
+    #[test]
+    fn conditions_are_ordered_and_others_kept() {
+        let first = merge_conditions(
+            &[],
+            &[
+                CondUpdate::new(SCALING_LIMITED, false, "WithinBounds", ""),
+                CondUpdate::new(READY, true, "Ok", ""),
+            ],
+            None,
+            ts(0),
+        );
+        let second = merge_conditions(
+            &first,
+            &[CondUpdate::new(SOURCE_REACHABLE, true, "Observed", "")],
+            None,
+            ts(5),
+        );
+        let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, vec![READY, SOURCE_REACHABLE, SCALING_LIMITED]);
+    }
+
+    #[test]
+    fn rfc3339_format() {
+        assert_eq!(rfc3339(ts(0)), "2023-11-14T22:13:20Z");
+    }
+}
