@@ -179,13 +179,12 @@ async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action>
     {
         let mut states = lock(&ctx.state);
         let st = states.entry(key.clone()).or_default();
-        if st.generation == generation {
-            if let Some(next) = st.next_poll {
-                let now = Instant::now();
-                if now < next {
-                    return Ok(Action::requeue(next - now));
-                }
-            }
+        let now = Instant::now();
+        if st.generation == generation
+            && let Some(next) = st.next_poll
+            && now < next
+        {
+            return Ok(Action::requeue(next - now));
         }
     }
 

@@ -80,10 +80,10 @@ impl KubeIo {
 
     async fn resolve_kind(&self, api_version: &str, kind: &str) -> Result<ApiResource> {
         let key = (api_version.to_string(), kind.to_string());
-        if let Some((at, ar)) = lock(&self.kinds).get(&key) {
-            if at.elapsed() < DISCOVERY_TTL {
-                return Ok(ar.clone());
-            }
+        if let Some((at, ar)) = lock(&self.kinds).get(&key)
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(ar.clone());
         }
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
