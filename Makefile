@@ -1,0 +1,40 @@
+# Build output lives outside the clone so repeated runs (and CI) reuse it.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/nerite/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+
+.PHONY: build test unit e2e lint crds deps demo clean
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Everything: lint, unit tests, and the end-to-end suite against real RabbitMQ and the
+## in-repo fake API server (installs RabbitMQ from apt when missing).
+test: lint deps
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+e2e: deps
+	$(CARGO) test --test e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Regenerate the CRD from the Rust types.
+crds:
+	$(CARGO) run -q --bin nerite -- crd > crds/scaledconsumers.nerite.dev.yaml
+
+## Install what the tests and the demo need (RabbitMQ from Debian's packages).
+deps:
+	bash e2e/rabbitmq.sh install
+
+## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
+## scaling live.
+demo: deps
+	$(CARGO) run -q -p nerite-demo
+
+clean:
+	$(CARGO) clean
