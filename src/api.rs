@@ -4,6 +4,8 @@
 //! CEL rules below are enforced by the API server, and [`crate::validate`] checks the
 //! same constraints again in code for clusters or clients that bypass them.
 
+use std::collections::BTreeMap;
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -104,6 +106,12 @@ pub struct SourceSpec {
     /// A RabbitMQ queue, read through the management HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitMqSource>,
+    /// Source kinds this version does not support. The schema never admits them (a cluster
+    /// prunes or refuses them); kept here so validation in code can name them when a client
+    /// bypasses the schema.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
 }
 
 impl SourceSpec {

@@ -4,6 +4,7 @@
 //! One process runs every trial so that one RabbitMQ serves them all; trials that stop
 //! their broker start a private one.
 
+mod operator;
 mod rabbitmq_source;
 mod support;
 
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let env = support::Env::new();
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
+    trials.extend(operator::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

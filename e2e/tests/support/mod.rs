@@ -1,5 +1,6 @@
 //! Shared fixtures for the end-to-end trials.
 
+pub mod cluster;
 pub mod rabbitmq;
 
 use std::sync::{Arc, OnceLock};
