@@ -532,3 +532,483 @@ fn check_fallback(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn base() -> Value {
+        json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "source": {"rabbitmq": {
+                "managementUrl": "http://rabbitmq.default.svc:15672",
+                "queue": "orders",
+                "credentialsSecretRef": {"name": "rabbit-creds"}
+            }},
+            "objective": {"backlogPerReplica": 100}
+        })
+    }
+
+    fn spec(v: Value) -> ScaledConsumerSpec {
+        serde_json::from_value(v).expect("test spec deserializes")
+    }
+
+    fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
+        let mut cur = &mut v;
+        for part in parent.split('/').skip(1) {
+            if cur.get(part).is_none() {
+                cur[part] = json!({});
+            }
+            cur = &mut cur[part];
+        }
+        cur[key] = value;
+        v
+    }
+
+    fn problems(v: Value) -> Vec<String> {
+        validate(&spec(v))
+            .expect_err("spec must be refused")
+            .problems
+    }
+
+    fn one_problem(v: Value) -> String {
+        let p = problems(v);
+        assert_eq!(p.len(), 1, "expected exactly one problem, got {p:?}");
+        p.into_iter().next().expect("one problem")
+    }
+
+    #[test]
+    fn defaults_applied() {
+        let v = validate(&spec(base())).expect("base spec is valid");
+        let p = &v.policy;
+        assert_eq!(p.min_replicas, 1);
+        assert_eq!(p.max_replicas, 10);
+        assert!(!p.paused);
+        assert_eq!(p.backlog_per_replica, 100);
+        assert_eq!(p.max_drain_time, None);
+        assert_eq!(p.poll_interval, Duration::from_secs(5));
+        assert_eq!(p.scale_up_window, Duration::ZERO);
+        assert_eq!(p.scale_down_window, Duration::from_secs(300));
+        assert_eq!(p.scale_up_max_step, None);
+        assert_eq!(p.scale_down_max_step, None);
+        assert_eq!(p.activation_backlog, 0);
+        assert_eq!(p.scale_to_zero_cooldown, Duration::from_secs(300));
+        assert_eq!(p.fallback, Fallback::Hold);
+        assert_eq!(v.target.name, "worker");
+        let ValidSource::RabbitMq {
+            management_url,
+            vhost,
+            queue,
+            include_unacked,
+            credentials,
+        } = v.source;
+        assert_eq!(management_url, "http://rabbitmq.default.svc:15672");
+        assert_eq!(vhost, "/");
+        assert_eq!(queue, "orders");
+        assert!(include_unacked);
+        assert_eq!(credentials.name, "rabbit-creds");
+        assert_eq!(credentials.username_key, "username");
+        assert_eq!(credentials.password_key, "password");
+    }
+
+    #[test]
+    fn min_replicas_defaults_to_one() {
+        let mut v = base();
+        v.as_object_mut().expect("object").remove("minReplicas");
+        assert_eq!(validate(&spec(v)).expect("valid").policy.min_replicas, 1);
+    }
+
+    #[test]
+    fn everything_set_is_carried_over() {
+        let v = json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "w"},
+            "minReplicas": 0,
+            "maxReplicas": 50,
+            "paused": true,
+            "source": {"rabbitmq": {
+                "managementUrl": "https://rmq.example:15671/admin",
+                "vhost": "prod",
+                "queue": "q",
+                "includeUnacked": false,
+                "credentialsSecretRef": {"name": "s", "usernameKey": "u", "passwordKey": "p"}
+            }},
+            "objective": {"backlogPerReplica": 20, "maxDrainTime": "1m30s"},
+            "behavior": {
+                "pollInterval": "1.5s",
+                "scaleUp": {"stabilizationWindow": "30s", "maxStep": 4},
+                "scaleDown": {"stabilizationWindow": "10m", "maxStep": 2},
+                "activationBacklog": 7,
+                "scaleToZeroCooldown": "0s"
+            },
+            "fallback": {"mode": "Fixed", "replicas": 5}
+        });
+        let v = validate(&spec(v)).expect("valid");
+        let p = &v.policy;
+        assert_eq!((p.min_replicas, p.max_replicas, p.paused), (0, 50, true));
+        assert_eq!(p.max_drain_time, Some(Duration::from_secs(90)));
+        assert_eq!(p.poll_interval, Duration::from_millis(1500));
+        assert_eq!(p.scale_up_window, Duration::from_secs(30));
+        assert_eq!(p.scale_down_window, Duration::from_secs(600));
+        assert_eq!(
+            (p.scale_up_max_step, p.scale_down_max_step),
+            (Some(4), Some(2))
+        );
+        assert_eq!(p.activation_backlog, 7);
+        assert_eq!(p.scale_to_zero_cooldown, Duration::ZERO);
+        assert_eq!(
+            p.fallback,
+            Fallback::Fixed {
+                replicas: 5,
+                after_failures: 3
+            }
+        );
+        let ValidSource::RabbitMq {
+            include_unacked,
+            vhost,
+            ..
+        } = v.source;
+        assert!(!include_unacked);
+        assert_eq!(vhost, "prod");
+    }
+
+    #[test]
+    fn min_above_max() {
+        let v = with(base(), "/minReplicas", json!(5));
+        let v = with(v, "/maxReplicas", json!(3));
+        assert_eq!(
+            one_problem(v),
+            "spec.minReplicas (5) must not exceed spec.maxReplicas (3)"
+        );
+    }
+
+    #[test]
+    fn negative_min_and_zero_max() {
+        let v = with(base(), "/minReplicas", json!(-1));
+        assert_eq!(one_problem(v), "spec.minReplicas (-1) must be at least 0");
+        let v = with(base(), "/minReplicas", json!(0));
+        let v = with(v, "/maxReplicas", json!(0));
+        assert_eq!(one_problem(v), "spec.maxReplicas (0) must be at least 1");
+    }
+
+    #[test]
+    fn no_source() {
+        let v = with(base(), "/source", json!({}));
+        let p = one_problem(v);
+        assert!(p.starts_with("spec.source: exactly one source"), "{p}");
+        assert!(p.contains("supported: rabbitmq"), "{p}");
+    }
+
+    #[test]
+    fn zero_backlog_per_replica() {
+        let v = with(base(), "/objective/backlogPerReplica", json!(0));
+        assert_eq!(
+            one_problem(v),
+            "spec.objective.backlogPerReplica (0) must be at least 1"
+        );
+    }
+
+    #[test]
+    fn malformed_durations_are_named() {
+        for bad in ["5x", "", "-1s", "1 m", "5", "1.s", "s", "1m 30s", "1sec"] {
+            let v = with(base(), "/behavior/pollInterval", json!(bad));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with(&format!(
+                    "spec.behavior.pollInterval ({bad:?}) is not a valid duration"
+                )),
+                "{bad:?}: {p}"
+            );
+        }
+        let v = with(base(), "/objective/maxDrainTime", json!("2 m"));
+        assert!(one_problem(v).starts_with("spec.objective.maxDrainTime (\"2 m\")"));
+        let v = with(
+            base(),
+            "/behavior/scaleDown/stabilizationWindow",
+            json!("5min"),
+        );
+        assert!(one_problem(v).starts_with("spec.behavior.scaleDown.stabilizationWindow"));
+        let v = with(base(), "/behavior/scaleToZeroCooldown", json!("-5m"));
+        assert!(one_problem(v).starts_with("spec.behavior.scaleToZeroCooldown"));
+    }
+
+    #[test]
+    fn durations_out_of_range() {
+        let cases = [
+            (
+                "/behavior/pollInterval",
+                "999ms",
+                "spec.behavior.pollInterval (\"999ms\") must be between 1s and 1h",
+            ),
+            (
+                "/behavior/pollInterval",
+                "1h1s",
+                "spec.behavior.pollInterval (\"1h1s\") must be between 1s and 1h",
+            ),
+            (
+                "/behavior/scaleUp/stabilizationWindow",
+                "61m",
+                "spec.behavior.scaleUp.stabilizationWindow (\"61m\") must be at most 1h",
+            ),
+            (
+                "/behavior/scaleDown/stabilizationWindow",
+                "2h",
+                "spec.behavior.scaleDown.stabilizationWindow (\"2h\") must be at most 1h",
+            ),
+            (
+                "/objective/maxDrainTime",
+                "500ms",
+                "spec.objective.maxDrainTime (\"500ms\") must be at least 1s",
+            ),
+        ];
+        for (ptr, value, want) in cases {
+            assert_eq!(one_problem(with(base(), ptr, json!(value))), want);
+        }
+        // The edges are allowed.
+        for (ptr, value) in [
+            ("/behavior/pollInterval", "1s"),
+            ("/behavior/pollInterval", "1h"),
+            ("/behavior/pollInterval", "59m60s"),
+            ("/behavior/scaleDown/stabilizationWindow", "0s"),
+            ("/behavior/scaleDown/stabilizationWindow", "1h"),
+            ("/objective/maxDrainTime", "1s"),
+            ("/behavior/scaleToZeroCooldown", "0s"),
+        ] {
+            validate(&spec(with(base(), ptr, json!(value))))
+                .unwrap_or_else(|e| panic!("{ptr}={value}: {e}"));
+        }
+    }
+
+    #[test]
+    fn steps_and_activation() {
+        let v = with(base(), "/behavior/scaleUp/maxStep", json!(0));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.scaleUp.maxStep (0) must be at least 1"
+        );
+        let v = with(base(), "/behavior/scaleDown/maxStep", json!(-2));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.scaleDown.maxStep (-2) must be at least 1"
+        );
+        let v = with(base(), "/behavior/activationBacklog", json!(-1));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.activationBacklog (-1) must be at least 0"
+        );
+    }
+
+    #[test]
+    fn credentials_in_url_are_refused_and_not_echoed() {
+        for url in [
+            "http://guest:s3cr3t@rabbitmq:15672",
+            "https://admin@rabbitmq:15671",
+            "http://:s3cr3t@rabbitmq",
+        ] {
+            let v = with(base(), "/source/rabbitmq/managementUrl", json!(url));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with("spec.source.rabbitmq.managementUrl must not contain credentials"),
+                "{p}"
+            );
+            assert!(p.contains("use credentialsSecretRef"), "{p}");
+            assert!(
+                !p.contains("s3cr3t") && !p.contains("guest") && !p.contains("admin"),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_urls() {
+        for (url, want) in [
+            ("ftp://rabbitmq", "must be an http:// or https:// URL"),
+            ("rabbitmq:15672", "must be an http:// or https:// URL"),
+            ("HTTP://rabbitmq", "must be an http:// or https:// URL"),
+            ("", "must not be empty"),
+            ("http://", "is not a valid URL"),
+            ("http://rabbit mq:15672", "is not a valid URL"),
+        ] {
+            let v = with(base(), "/source/rabbitmq/managementUrl", json!(url));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with(&format!("spec.source.rabbitmq.managementUrl {want}")),
+                "{url:?}: {p}"
+            );
+        }
+        for ok in [
+            "http://10.0.0.1:15672",
+            "https://rmq.example/prefix/",
+            "http://[::1]:15672",
+        ] {
+            validate(&spec(with(
+                base(),
+                "/source/rabbitmq/managementUrl",
+                json!(ok),
+            )))
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn empty_rabbitmq_fields() {
+        let v = with(base(), "/source/rabbitmq/vhost", json!(""));
+        let v = with(v, "/source/rabbitmq/queue", json!(""));
+        let v = with(v, "/source/rabbitmq/credentialsSecretRef/name", json!(""));
+        let v = with(
+            v,
+            "/source/rabbitmq/credentialsSecretRef/usernameKey",
+            json!(""),
+        );
+        let v = with(
+            v,
+            "/source/rabbitmq/credentialsSecretRef/passwordKey",
+            json!(""),
+        );
+        assert_eq!(
+            problems(v),
+            [
+                "spec.source.rabbitmq.vhost must not be empty",
+                "spec.source.rabbitmq.queue must not be empty",
+                "spec.source.rabbitmq.credentialsSecretRef.name must not be empty",
+                "spec.source.rabbitmq.credentialsSecretRef.usernameKey must not be empty",
+                "spec.source.rabbitmq.credentialsSecretRef.passwordKey must not be empty",
+            ]
+        );
+        let v = with(base(), "/source/rabbitmq/queue", json!("q".repeat(256)));
+        assert!(one_problem(v).starts_with("spec.source.rabbitmq.queue is 256 characters long"));
+    }
+
+    #[test]
+    fn empty_target() {
+        let v = with(base(), "/scaleTargetRef/name", json!(""));
+        assert_eq!(one_problem(v), "spec.scaleTargetRef.name must not be empty");
+    }
+
+    #[test]
+    fn fallback_rules() {
+        let v = with(base(), "/fallback", json!({"mode": "Fixed"}));
+        assert_eq!(
+            one_problem(v),
+            "spec.fallback.replicas is required when spec.fallback.mode is Fixed"
+        );
+        let v = with(
+            base(),
+            "/fallback",
+            json!({"mode": "Fixed", "replicas": 11}),
+        );
+        assert_eq!(
+            one_problem(v),
+            "spec.fallback.replicas (11) must lie within [spec.minReplicas, spec.maxReplicas] ([1, 10])"
+        );
+        let v = with(base(), "/fallback", json!({"mode": "Fixed", "replicas": 0}));
+        assert!(one_problem(v).starts_with("spec.fallback.replicas (0) must lie within"));
+        let v = with(
+            base(),
+            "/fallback",
+            json!({"mode": "Fixed", "replicas": 4, "afterFailures": 0}),
+        );
+        assert_eq!(
+            one_problem(v),
+            "spec.fallback.afterFailures (0) must be at least 1"
+        );
+        let v = with(
+            base(),
+            "/fallback",
+            json!({"mode": "Fixed", "replicas": 4, "afterFailures": 1}),
+        );
+        assert_eq!(
+            validate(&spec(v)).expect("valid").policy.fallback,
+            Fallback::Fixed {
+                replicas: 4,
+                after_failures: 1
+            }
+        );
+        let v = with(base(), "/fallback", json!({}));
+        assert_eq!(
+            validate(&spec(v)).expect("valid").policy.fallback,
+            Fallback::Hold
+        );
+    }
+
+    #[test]
+    fn all_problems_are_collected() {
+        let v = with(base(), "/minReplicas", json!(5));
+        let v = with(v, "/maxReplicas", json!(3));
+        let v = with(v, "/source", json!({}));
+        let v = with(v, "/objective/backlogPerReplica", json!(0));
+        let v = with(v, "/behavior/pollInterval", json!("5x"));
+        let v = with(v, "/fallback", json!({"mode": "Fixed"}));
+        let p = problems(v);
+        assert_eq!(p.len(), 5, "{p:?}");
+        let err = validate(&spec(with(base(), "/minReplicas", json!(-1)))).expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid spec: spec.minReplicas (-1) must be at least 0"
+        );
+    }
+
+    #[test]
+    fn parse_duration_table() {
+        let ok: &[(&str, Duration)] = &[
+            ("0s", Duration::ZERO),
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            ("1m30s", Duration::from_secs(90)),
+            ("2h", Duration::from_secs(7200)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.25m", Duration::from_secs(15)),
+            ("1h2m3s4ms", Duration::from_millis(3_723_004)),
+            ("1.5ms", Duration::from_micros(1500)),
+            ("90s", Duration::from_secs(90)),
+            ("1s1s", Duration::from_secs(2)),
+            ("007s", Duration::from_secs(7)),
+            ("0.000000001s", Duration::from_nanos(1)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_duration(s), Ok(*want), "{s}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("5x", "unknown unit \"x\""),
+            ("5us", "unknown unit \"us\""),
+            ("-1s", "negative"),
+            ("+1s", "signs"),
+            ("1 m", "spaces"),
+            (" 1m", "spaces"),
+            ("1m ", "spaces"),
+            ("5", "missing unit"),
+            ("1.s", "decimal point"),
+            (".5s", "expected a number"),
+            ("s", "unexpected \"s\""),
+            ("1sec", "unexpected \"ec\""),
+            ("1h-5m", "negative"),
+            ("99999999999999999999999999999h", "too large"),
+            ("9999999999999999999h", "too large"),
+        ];
+        for (s, want) in bad {
+            let err = parse_duration(s).expect_err(s);
+            assert!(err.contains(want), "{s:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn format_duration_table() {
+        for (d, want) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_millis(3_723_004), "1h2m3.004s"),
+        ] {
+            assert_eq!(format_duration(d), want);
+            assert_eq!(parse_duration(want), Ok(d), "round trip {want}");
+        }
+    }
+}
