@@ -4,6 +4,23 @@
 //! settings, the history kept by the caller, the current replica count and `now`, and
 //! returns what the count should be and why. `History::record` folds a decision back into
 //! the history. The operator and the simulator drive the same two functions.
+//!
+//! For a reading, in order:
+//! 1. objective: `ceil(backlog / backlogPerReplica)` (exact integer ceiling), and with
+//!    `maxDrainTime` and a measured per-replica throughput μ,
+//!    `ceil((arrivals + backlog / maxDrainTime) / μ)`; the larger wins;
+//! 2. scale to zero (`minReplicas: 0`): a backlog at or below `activationBacklog` is idle
+//!    and recommends 0; at zero it stays there, otherwise zero waits for
+//!    `scaleToZeroCooldown` of idleness (held at 1 or more meanwhile); above the threshold
+//!    a workload at zero gets at least one replica;
+//! 3. bounds `[minReplicas, maxReplicas]`;
+//! 4. HPA-style stabilization: a scale-up is limited to the lowest recommendation of the
+//!    scale-up window, a scale-down to the highest of the scale-down window;
+//! 5. step limits; then the bounds again (they win when `current` starts outside them).
+//!
+//! Without a reading the count is held (or raised by a `Fixed` fallback), never lowered
+//! because of missing data. `paused` keeps `current` and says what would have happened.
+//! `Decision::limit` names the last stage that changed the result.
 
 use std::collections::VecDeque;
 use std::time::Duration;
