@@ -4,6 +4,23 @@
 //! settings, the history kept by the caller, the current replica count and `now`, and
 //! returns what the count should be and why. `History::record` folds a decision back into
 //! the history. The operator and the simulator drive the same two functions.
+//!
+//! For a reading, in order:
+//! 1. objective: `ceil(backlog / backlogPerReplica)` (exact integer ceiling), and with
+//!    `maxDrainTime` and a measured per-replica throughput μ,
+//!    `ceil((arrivals + backlog / maxDrainTime) / μ)`; the larger wins;
+//! 2. scale to zero (`minReplicas: 0`): a backlog at or below `activationBacklog` is idle
+//!    and recommends 0; at zero it stays there, otherwise zero waits for
+//!    `scaleToZeroCooldown` of idleness (held at 1 or more meanwhile); above the threshold
+//!    a workload at zero gets at least one replica;
+//! 3. bounds `[minReplicas, maxReplicas]`;
+//! 4. HPA-style stabilization: a scale-up is limited to the lowest recommendation of the
+//!    scale-up window, a scale-down to the highest of the scale-down window;
+//! 5. step limits; then the bounds again (they win when `current` starts outside them).
+//!
+//! Without a reading the count is held (or raised by a `Fixed` fallback), never lowered
+//! because of missing data. `paused` keeps `current` and says what would have happened.
+//! `Decision::limit` names the last stage that changed the result.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -90,6 +107,19 @@ pub struct History {
     pub last_active: Option<Timestamp>,
 }
 
+/// Weight of the newest sample in the smoothed per-replica throughput.
+pub const THROUGHPUT_EWMA_ALPHA: f64 = 0.3;
+
+/// Most recommendations remembered, whatever the windows: a guard against a caller that
+/// ticks far more often than `pollInterval`.
+const MAX_RECOMMENDATIONS: usize = 20_000;
+
+/// Decide the replica count for one tick. Pure: everything it needs comes in as arguments.
+///
+/// Pipeline for a reading: objective → scale to zero / activation → bounds → stabilization
+/// → step limits → bounds again (they win over steps when `current` is outside them).
+/// Without a reading, the count is held (or raised by a `Fixed` fallback), never lowered by
+/// data; `[min, max]` still applies. `paused` keeps `current` and says what would happen.
 pub fn decide(
     input: Input<'_>,
     cfg: &PolicyConfig,
@@ -97,13 +127,439 @@ pub fn decide(
     current: i32,
     now: Timestamp,
 ) -> Decision {
-    let _ = (input, cfg, history, now);
+    let current = current.max(0);
+    let (min, max) = bounds(cfg);
+    let decision = match input {
+        Input::Observed(obs) => decide_observed(obs, cfg, history, current, now, min, max),
+        Input::Unavailable => decide_unavailable(cfg, history, current, min, max),
+    };
+    if cfg.paused {
+        pause(decision, current)
+    } else {
+        decision
+    }
+}
+
+/// `[min, max]` made sane even for a config that skipped validation.
+fn bounds(cfg: &PolicyConfig) -> (i32, i32) {
+    let min = cfg.min_replicas.max(0);
+    (min, cfg.max_replicas.max(min))
+}
+
+/// What the objective asks for, and how it got there.
+struct Objective {
+    replicas: i32,
+    text: String,
+}
+
+fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &History) -> Objective {
+    let per = cfg.backlog_per_replica.max(1);
+    let by_backlog = saturate_i32(ceil_div(backlog, per));
+    let backlog_text = if backlog == 0 {
+        "backlog 0 → 0".to_string()
+    } else {
+        format!("backlog {backlog} at {per}/replica → {by_backlog}")
+    };
+    let Some(drain) = cfg.max_drain_time.filter(|d| !d.is_zero()) else {
+        return Objective {
+            replicas: by_backlog,
+            text: backlog_text,
+        };
+    };
+    let Some(mu) = history
+        .per_replica_throughput
+        .filter(|m| valid_rate(*m) && *m > 0.0)
+    else {
+        return Objective {
+            replicas: by_backlog,
+            text: format!("{backlog_text} (throughput not yet measured)"),
+        };
+    };
+    let arrival = obs.publish_rate.filter(|r| valid_rate(*r));
+    // backlog is at most i64::MAX; as f64 it is approximate only far beyond real queues.
+    let need = (arrival.unwrap_or(0.0) + backlog as f64 / drain.as_secs_f64()) / mu;
+    let by_drain = ceil_to_i32(need);
+    let d = crate::validate::format_duration(drain);
+    let mu_text = fmt_rate(mu);
+    if by_drain > by_backlog {
+        let text = match arrival {
+            Some(a) => format!(
+                "arrivals {}/s + backlog {backlog} over {d} at {mu_text}/s per replica → {by_drain}",
+                fmt_rate(a)
+            ),
+            None => format!(
+                "backlog {backlog} over {d} at {mu_text}/s per replica → {by_drain} (arrival rate unknown)"
+            ),
+        };
+        Objective {
+            replicas: by_drain,
+            text,
+        }
+    } else if by_drain == 0 {
+        Objective {
+            replicas: by_backlog,
+            text: backlog_text,
+        }
+    } else {
+        Objective {
+            replicas: by_backlog,
+            text: format!("{backlog_text} (draining within {d} needs {by_drain})"),
+        }
+    }
+}
+
+fn decide_observed(
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    history: &History,
+    current: i32,
+    now: Timestamp,
+    min: i32,
+    max: i32,
+) -> Decision {
+    let backlog = obs.backlog.max(0);
+    let activation = cfg.activation_backlog.max(0);
+    let idle = backlog <= activation;
+    let obj = objective(backlog, obs, cfg, history);
+    let mut limit = None;
+    let mut notes = String::new();
+
+    // Scale to zero and activation (only when zero is allowed).
+    let recommended;
+    let target;
+    let text;
+    if min == 0 && idle {
+        let idle_text = if activation > 0 {
+            format!("backlog {backlog} at or below activation {activation}")
+        } else {
+            format!("backlog {backlog}")
+        };
+        if current == 0 {
+            return Decision {
+                desired: 0,
+                recommended: Some(0),
+                limit: None,
+                reason: format!("{idle_text}: staying at 0"),
+            };
+        }
+        recommended = 0;
+        text = format!("{idle_text} → 0");
+        match idle_duration(history, now) {
+            Some(idle_for) if idle_for >= cfg.scale_to_zero_cooldown => target = 0,
+            idle_for => {
+                target = obj.replicas.max(1);
+                limit = Some(Limit::ScaleToZeroCooldown);
+                let so_far = idle_for.map_or_else(
+                    || "nothing recorded yet".to_string(),
+                    |d| format!("{} so far", fmt_dur(d)),
+                );
+                notes.push_str(&format!(
+                    "; scale to zero held at {target} until idle for {} ({so_far})",
+                    fmt_dur(cfg.scale_to_zero_cooldown)
+                ));
+            }
+        }
+    } else {
+        recommended = obj.replicas;
+        target = obj.replicas;
+        text = obj.text;
+    }
+
+    // Bounds.
+    let bounded = target.clamp(min, max);
+    if bounded > target {
+        limit = Some(Limit::Min);
+        notes.push_str(&format!(", held at min {min}"));
+    } else if bounded < target {
+        limit = Some(Limit::Max);
+        notes.push_str(&format!(", capped at max {max}"));
+    }
+
+    // Stabilization (HPA semantics): a scale-up goes only as far as the lowest
+    // recommendation of the scale-up window, a scale-down only as far as the highest of the
+    // scale-down window; neither ever moves against the raw direction.
+    let up = window_extreme(history, now, cfg.scale_up_window, bounded, i32::min);
+    let down = window_extreme(history, now, cfg.scale_down_window, bounded, i32::max);
+    let stabilized = if up > current {
+        up
+    } else if down < current {
+        down
+    } else {
+        current
+    };
+    if stabilized != bounded {
+        limit = Some(Limit::Stabilization);
+        if bounded > current {
+            let w = fmt_dur(cfg.scale_up_window);
+            if stabilized == current {
+                notes.push_str(&format!(
+                    "; scale-up from {current} held by {w} window (lowest recent: {up})"
+                ));
+            } else {
+                notes.push_str(&format!(
+                    "; scale-up from {current} limited to {stabilized} by {w} window (lowest recent: {up})"
+                ));
+            }
+        } else {
+            let w = fmt_dur(cfg.scale_down_window);
+            if stabilized == current {
+                notes.push_str(&format!(
+                    "; scale-down from {current} held by {w} window (highest recent: {down})"
+                ));
+            } else {
+                notes.push_str(&format!(
+                    "; scale-down from {current} limited to {stabilized} by {w} window (highest recent: {down})"
+                ));
+            }
+        }
+    }
+
+    // Step limits.
+    let mut desired = stabilized;
+    if desired > current {
+        if let Some(step) = cfg.scale_up_max_step.filter(|s| *s >= 1) {
+            let cap = current.saturating_add(step);
+            if desired > cap {
+                desired = cap;
+                limit = Some(Limit::MaxStepUp);
+                notes.push_str(&format!(
+                    "; scale-up limited to {step} per step ({current} → {cap})"
+                ));
+            }
+        }
+    } else if desired < current
+        && let Some(step) = cfg.scale_down_max_step.filter(|s| *s >= 1)
+    {
+        let floor = current.saturating_sub(step).max(0);
+        if desired < floor {
+            desired = floor;
+            limit = Some(Limit::MaxStepDown);
+            notes.push_str(&format!(
+                "; scale-down limited to {step} per step ({current} → {floor})"
+            ));
+        }
+    }
+
+    // Bounds win over step limits when the workload starts outside them.
+    if desired > max {
+        desired = max;
+        limit = Some(Limit::Max);
+        notes.push_str(&format!("; capped at max {max}"));
+    } else if desired < min {
+        desired = min;
+        limit = Some(Limit::Min);
+        notes.push_str(&format!("; raised to min {min}"));
+    }
+
+    // Activation from zero: work above the threshold always gets at least one replica.
+    if current == 0 && desired == 0 && !idle && max >= 1 {
+        desired = 1;
+        notes.push_str("; activating with 1");
+    }
+
+    Decision {
+        desired,
+        recommended: Some(recommended),
+        limit,
+        reason: format!("{text}{notes}"),
+    }
+}
+
+fn decide_unavailable(
+    cfg: &PolicyConfig,
+    history: &History,
+    current: i32,
+    min: i32,
+    max: i32,
+) -> Decision {
+    let failures = history.consecutive_failures.saturating_add(1);
+    let head = format!(
+        "source unavailable ({failures} failure{})",
+        if failures == 1 { "" } else { "s" }
+    );
+    let (mut desired, mut reason) = match cfg.fallback {
+        Fallback::Hold => (current, format!("{head}: holding {current}")),
+        Fallback::Fixed {
+            replicas,
+            after_failures,
+        } => {
+            let floor = replicas.clamp(min, max);
+            if failures >= after_failures.max(1) {
+                if current < floor {
+                    (
+                        floor,
+                        format!("{head}: fallback raises {current} → {floor}"),
+                    )
+                } else {
+                    (
+                        current,
+                        format!("{head}: holding {current} (fallback {floor} never lowers)"),
+                    )
+                }
+            } else {
+                (
+                    current,
+                    format!(
+                        "{head}: holding {current}; fallback to {floor} after {after_failures} failures"
+                    ),
+                )
+            }
+        }
+    };
+    let mut limit = Limit::NoData;
+    if desired > max {
+        desired = max;
+        limit = Limit::Max;
+        reason.push_str(&format!(", capped at max {max}"));
+    } else if desired < min {
+        desired = min;
+        limit = Limit::Min;
+        reason.push_str(&format!(", raised to min {min}"));
+    }
+    Decision {
+        desired,
+        recommended: None,
+        limit: Some(limit),
+        reason,
+    }
+}
+
+fn pause(d: Decision, current: i32) -> Decision {
+    let reason = if d.desired != current {
+        format!(
+            "paused: would scale {current} → {} ({})",
+            d.desired, d.reason
+        )
+    } else {
+        format!("paused: would stay at {current} ({})", d.reason)
+    };
     Decision {
         desired: current,
-        recommended: None,
-        limit: None,
-        reason: String::new(),
+        recommended: d.recommended,
+        limit: Some(Limit::Paused),
+        reason,
     }
+}
+
+/// How long the backlog has been at or below the activation threshold, as far as the history
+/// shows. Never active: measured from the oldest recommendation (conservative after a
+/// restart). None when there is nothing to measure from.
+fn idle_duration(history: &History, now: Timestamp) -> Option<Duration> {
+    let since = history
+        .last_active
+        .or_else(|| history.recommendations.iter().map(|(t, _)| *t).min())?;
+    Some(elapsed(since, now))
+}
+
+/// `now - since`, zero if `since` is in the future, saturating.
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    let ns = now.as_nanosecond().saturating_sub(since.as_nanosecond());
+    if ns <= 0 {
+        return Duration::ZERO;
+    }
+    let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
+    let nanos = u32::try_from(ns % 1_000_000_000).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+fn duration_ns(d: Duration) -> i128 {
+    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+}
+
+/// Fold `new` with every recommendation younger than `window` (a zero window: `new` alone).
+fn window_extreme(
+    history: &History,
+    now: Timestamp,
+    window: Duration,
+    new: i32,
+    pick: fn(i32, i32) -> i32,
+) -> i32 {
+    if window.is_zero() {
+        return new;
+    }
+    let w = duration_ns(window);
+    let now_ns = now.as_nanosecond();
+    history
+        .recommendations
+        .iter()
+        .filter(|(t, _)| now_ns.saturating_sub(t.as_nanosecond()) < w)
+        .map(|(_, r)| *r)
+        .fold(new, pick)
+}
+
+/// `ceil(a / b)` for `a >= 0`, `b >= 1`, exact.
+fn ceil_div(a: i64, b: i64) -> i64 {
+    let a = a.max(0);
+    let b = b.max(1);
+    a / b + i64::from(a % b != 0)
+}
+
+fn saturate_i32(v: i64) -> i32 {
+    i32::try_from(v.max(0)).unwrap_or(i32::MAX)
+}
+
+/// Ceiling of a non-negative replica need, tolerant of float noise just above an integer
+/// (`6.000000000001` is 6), saturating at `i32::MAX`; NaN and negatives are 0.
+fn ceil_to_i32(x: f64) -> i32 {
+    if x.is_nan() || x <= 0.0 {
+        return 0;
+    }
+    let c = (x * (1.0 - 1e-12)).ceil();
+    if c >= f64::from(i32::MAX) {
+        i32::MAX
+    } else {
+        // In range and integral: the cast is exact.
+        c as i32
+    }
+}
+
+fn valid_rate(r: f64) -> bool {
+    r.is_finite() && r >= 0.0
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1.0 || r == 0.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.3}")
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    crate::validate::format_duration(d)
+}
+
+/// One per-replica throughput measurement, when this reading can give one.
+///
+/// The ack rate (or, without acks, the deliver rate) measures capacity only while the
+/// consumers are saturated; with a short queue it measures demand. Rule: the consumers count
+/// as saturated when at least one message per busy replica is waiting *ready*, beyond what
+/// is already in flight. Busy replicas are the broker's consumer count when positive, else
+/// `current`. Without a `ready` figure, ready is estimated as `backlog - unacked`, assuming
+/// one in-flight message per busy replica when `unacked` is unknown too.
+fn throughput_sample(obs: &Observation, current: i32) -> Option<f64> {
+    let busy = match obs.consumers {
+        Some(c) if c > 0 => c,
+        _ => i64::from(current),
+    };
+    if busy <= 0 {
+        return None;
+    }
+    let waiting = obs.ready.unwrap_or_else(|| {
+        obs.backlog
+            .max(0)
+            .saturating_sub(obs.unacked.unwrap_or(busy).max(0))
+    });
+    if waiting < busy {
+        return None;
+    }
+    let positive = |r: &f64| valid_rate(*r) && *r > 0.0;
+    let rate = obs
+        .ack_rate
+        .filter(positive)
+        .or(obs.deliver_rate.filter(positive))?;
+    let sample = rate / busy as f64;
+    (sample.is_finite() && sample > 0.0).then_some(sample)
 }
 
 impl History {
@@ -116,6 +572,14 @@ impl History {
     }
 
     /// Fold one tick into the history.
+    ///
+    /// With a reading: remembers the recommendation clamped to `[min, max]`, resets the
+    /// failure count, marks the queue active when the backlog exceeds `activationBacklog`,
+    /// and updates the per-replica throughput (EWMA, alpha [`THROUGHPUT_EWMA_ALPHA`]) when
+    /// the consumers were saturated (see `throughput_sample`). Without one: counts a failure.
+    /// Always: notes a scale when `decision.desired != current`, and forgets recommendations
+    /// older than the longest window (the scale-to-zero cooldown counts as a window when
+    /// `minReplicas` is 0), keeping at least the newest.
     pub fn record(
         &mut self,
         input: Input<'_>,
@@ -124,6 +588,1106 @@ impl History {
         current: i32,
         now: Timestamp,
     ) {
-        let _ = (input, decision, cfg, current, now);
+        let current = current.max(0);
+        let (min, max) = bounds(cfg);
+        match input {
+            Input::Observed(obs) => {
+                self.consecutive_failures = 0;
+                if let Some(rec) = decision.recommended {
+                    self.recommendations.push_back((now, rec.clamp(min, max)));
+                }
+                if obs.backlog.max(0) > cfg.activation_backlog.max(0) {
+                    self.last_active = Some(now);
+                }
+                if let Some(sample) = throughput_sample(obs, current) {
+                    let prev = self
+                        .per_replica_throughput
+                        .filter(|m| valid_rate(*m) && *m > 0.0);
+                    self.per_replica_throughput = Some(match prev {
+                        Some(prev) => {
+                            THROUGHPUT_EWMA_ALPHA * sample + (1.0 - THROUGHPUT_EWMA_ALPHA) * prev
+                        }
+                        None => sample,
+                    });
+                }
+            }
+            Input::Unavailable => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            }
+        }
+        if decision.desired != current {
+            self.last_scale = Some(now);
+        }
+        self.prune(cfg, now);
+    }
+
+    fn prune(&mut self, cfg: &PolicyConfig, now: Timestamp) {
+        let mut keep = cfg.scale_up_window.max(cfg.scale_down_window);
+        if cfg.min_replicas <= 0 {
+            keep = keep.max(cfg.scale_to_zero_cooldown);
+        }
+        let keep = duration_ns(keep);
+        let now_ns = now.as_nanosecond();
+        while self.recommendations.len() > 1 {
+            match self.recommendations.front() {
+                Some((t, _)) if now_ns.saturating_sub(t.as_nanosecond()) > keep => {
+                    self.recommendations.pop_front();
+                }
+                _ => break,
+            }
+        }
+        while self.recommendations.len() > MAX_RECOMMENDATIONS {
+            self.recommendations.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(T0 + secs).expect("valid timestamp")
+    }
+
+    fn cfg() -> PolicyConfig {
+        PolicyConfig {
+            min_replicas: 1,
+            max_replicas: 10,
+            paused: false,
+            backlog_per_replica: 100,
+            max_drain_time: None,
+            poll_interval: Duration::from_secs(5),
+            scale_up_window: Duration::ZERO,
+            scale_down_window: Duration::from_secs(300),
+            scale_up_max_step: None,
+            scale_down_max_step: None,
+            activation_backlog: 0,
+            scale_to_zero_cooldown: Duration::from_secs(300),
+            fallback: Fallback::Hold,
+        }
+    }
+
+    fn obs(backlog: i64) -> Observation {
+        Observation {
+            backlog,
+            ready: Some(backlog.max(0)),
+            unacked: Some(0),
+            consumers: None,
+            publish_rate: None,
+            deliver_rate: None,
+            ack_rate: None,
+            consumer_utilisation: None,
+            observed_at: t(0),
+        }
+    }
+
+    fn observed(
+        o: &Observation,
+        cfg: &PolicyConfig,
+        h: &History,
+        current: i32,
+        now: i64,
+    ) -> Decision {
+        decide(Input::Observed(o), cfg, h, current, t(now))
+    }
+
+    /// Drives decide + record like the controller does, applying each decision.
+    struct Sim {
+        cfg: PolicyConfig,
+        history: History,
+        current: i32,
+        now: i64,
+    }
+
+    impl Sim {
+        fn new(cfg: PolicyConfig, current: i32) -> Self {
+            Sim {
+                cfg,
+                history: History::default(),
+                current,
+                now: 0,
+            }
+        }
+
+        fn seeded(cfg: PolicyConfig, current: i32) -> Self {
+            Sim {
+                cfg,
+                history: History::seeded(current, t(0)),
+                current,
+                now: 0,
+            }
+        }
+
+        /// One tick at the current time, then advance by `step` seconds.
+        fn tick(&mut self, input: Input<'_>, step: i64) -> Decision {
+            let d = decide(input, &self.cfg, &self.history, self.current, t(self.now));
+            self.history
+                .record(input, &d, &self.cfg, self.current, t(self.now));
+            self.current = d.desired;
+            self.now += step;
+            d
+        }
+
+        fn backlog(&mut self, backlog: i64) -> Decision {
+            let o = obs(backlog);
+            self.tick(Input::Observed(&o), 5)
+        }
+    }
+
+    /// Deterministic pseudo-random numbers for property-style loops.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 33
+        }
+
+        fn range(&mut self, lo: i64, hi: i64) -> i64 {
+            let span = u64::try_from(hi - lo + 1).expect("non-empty range");
+            lo + i64::try_from(self.next() % span).expect("fits")
+        }
+
+        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+            xs[usize::try_from(self.next()).expect("fits") % xs.len()]
+        }
+    }
+
+    fn random_cfg(r: &mut Rng) -> PolicyConfig {
+        let min = r.range(0, 4) as i32;
+        PolicyConfig {
+            min_replicas: min,
+            max_replicas: min + r.range(0, 15) as i32,
+            paused: false,
+            backlog_per_replica: r.pick(&[1, 7, 100, 1000]),
+            max_drain_time: r.pick(&[
+                None,
+                Some(Duration::from_secs(1)),
+                Some(Duration::from_secs(120)),
+            ]),
+            poll_interval: Duration::from_secs(5),
+            scale_up_window: Duration::from_secs(r.pick(&[0, 30, 300])),
+            scale_down_window: Duration::from_secs(r.pick(&[0, 60, 300])),
+            scale_up_max_step: r.pick(&[None, Some(1), Some(4)]),
+            scale_down_max_step: r.pick(&[None, Some(1), Some(3)]),
+            activation_backlog: r.pick(&[0, 5, 100]),
+            scale_to_zero_cooldown: Duration::from_secs(r.pick(&[0, 60, 300])),
+            fallback: if r.range(0, 1) == 0 {
+                Fallback::Hold
+            } else {
+                Fallback::Fixed {
+                    replicas: min,
+                    after_failures: r.range(1, 3) as u32,
+                }
+            },
+        }
+    }
+
+    fn random_history(r: &mut Rng, cfg: &PolicyConfig) -> History {
+        let mut h = History::default();
+        let mut at = -r.range(0, 600);
+        for _ in 0..r.range(0, 8) {
+            h.recommendations
+                .push_back((t(at), r.range(0, i64::from(cfg.max_replicas)) as i32));
+            at += r.range(1, 90);
+        }
+        h.last_active = r.pick(&[None, Some(t(-400)), Some(t(-30))]);
+        h.per_replica_throughput =
+            r.pick(&[None, Some(0.5), Some(12.5), Some(f64::NAN), Some(-1.0)]);
+        h.consecutive_failures = r.range(0, 5) as u32;
+        h
+    }
+
+    fn random_obs(r: &mut Rng) -> Observation {
+        let mut o = obs(r.pick(&[
+            -5,
+            0,
+            1,
+            5,
+            99,
+            100,
+            101,
+            750,
+            5000,
+            1_000_000,
+            i64::MAX,
+            i64::MIN,
+        ]));
+        o.publish_rate = r.pick(&[
+            None,
+            Some(0.0),
+            Some(50.0),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(-3.0),
+        ]);
+        o.ack_rate = r.pick(&[None, Some(10.0), Some(f64::NAN)]);
+        o.consumers = r.pick(&[None, Some(0), Some(3)]);
+        o
+    }
+
+    // ---- the reason examples ----
+
+    #[test]
+    fn capped_at_max() {
+        let d = observed(&obs(1200), &cfg(), &History::default(), 5, 0);
+        assert_eq!(d.desired, 10);
+        assert_eq!(d.recommended, Some(12));
+        assert_eq!(d.limit, Some(Limit::Max));
+        assert_eq!(
+            d.reason,
+            "backlog 1200 at 100/replica → 12, capped at max 10"
+        );
+    }
+
+    #[test]
+    fn held_at_min() {
+        let d = observed(&obs(0), &cfg(), &History::default(), 1, 0);
+        assert_eq!(d.desired, 1);
+        assert_eq!(d.recommended, Some(0));
+        assert_eq!(d.limit, Some(Limit::Min));
+        assert_eq!(d.reason, "backlog 0 → 0, held at min 1");
+    }
+
+    #[test]
+    fn scale_down_held_by_window() {
+        let h = History::seeded(6, t(-10));
+        let d = observed(&obs(40), &cfg(), &h, 6, 0);
+        assert_eq!(d.desired, 6);
+        assert_eq!(d.recommended, Some(1));
+        assert_eq!(d.limit, Some(Limit::Stabilization));
+        assert_eq!(
+            d.reason,
+            "backlog 40 at 100/replica → 1; scale-down from 6 held by 5m window (highest recent: 6)"
+        );
+    }
+
+    #[test]
+    fn drain_objective_wins() {
+        let mut c = cfg();
+        c.backlog_per_replica = 1000;
+        c.max_drain_time = Some(Duration::from_secs(120));
+        let h = History {
+            per_replica_throughput: Some(12.5),
+            ..History::default()
+        };
+        let mut o = obs(3000);
+        o.publish_rate = Some(50.0);
+        let d = observed(&o, &c, &h, 2, 0);
+        // (50 + 3000/120) / 12.5 = 6; backlog alone would ask for 3.
+        assert_eq!(d.recommended, Some(6));
+        assert_eq!(d.desired, 6);
+        assert_eq!(d.limit, None);
+        assert_eq!(
+            d.reason,
+            "arrivals 50.0/s + backlog 3000 over 2m at 12.5/s per replica → 6"
+        );
+    }
+
+    #[test]
+    fn unavailable_holds() {
+        let h = History {
+            consecutive_failures: 2,
+            ..History::default()
+        };
+        let d = decide(Input::Unavailable, &cfg(), &h, 4, t(0));
+        assert_eq!(d.desired, 4);
+        assert_eq!(d.recommended, None);
+        assert_eq!(d.limit, Some(Limit::NoData));
+        assert_eq!(d.reason, "source unavailable (3 failures): holding 4");
+        let d = decide(Input::Unavailable, &cfg(), &History::default(), 4, t(0));
+        assert_eq!(d.reason, "source unavailable (1 failure): holding 4");
+    }
+
+    #[test]
+    fn paused_says_what_it_would_do() {
+        let mut c = cfg();
+        c.paused = true;
+        let d = observed(&obs(500), &c, &History::default(), 2, 0);
+        assert_eq!(d.desired, 2);
+        assert_eq!(d.recommended, Some(5));
+        assert_eq!(d.limit, Some(Limit::Paused));
+        assert_eq!(
+            d.reason,
+            "paused: would scale 2 → 5 (backlog 500 at 100/replica → 5)"
+        );
+        let d = observed(&obs(200), &c, &History::default(), 2, 0);
+        assert_eq!(d.desired, 2);
+        assert_eq!(
+            d.reason,
+            "paused: would stay at 2 (backlog 200 at 100/replica → 2)"
+        );
+        let d = decide(Input::Unavailable, &c, &History::default(), 3, t(0));
+        assert_eq!((d.desired, d.limit), (3, Some(Limit::Paused)));
+        assert_eq!(
+            d.reason,
+            "paused: would stay at 3 (source unavailable (1 failure): holding 3)"
+        );
+        // Paused leaves even an out-of-bounds count alone.
+        let d = observed(&obs(0), &c, &History::default(), 20, 0);
+        assert_eq!(d.desired, 20);
+    }
+
+    // ---- objective ----
+
+    #[test]
+    fn backlog_ceiling_is_exact() {
+        let c = PolicyConfig {
+            max_replicas: i32::MAX,
+            scale_down_window: Duration::ZERO,
+            ..cfg()
+        };
+        let h = History::default();
+        for (backlog, want) in [(1, 1), (99, 1), (100, 1), (101, 2), (1000, 10), (1001, 11)] {
+            assert_eq!(
+                observed(&obs(backlog), &c, &h, 1, 0).recommended,
+                Some(want),
+                "{backlog}"
+            );
+        }
+        // Huge backlogs saturate instead of overflowing.
+        let one = PolicyConfig {
+            backlog_per_replica: 1,
+            ..c.clone()
+        };
+        let d = observed(&obs(i64::MAX), &one, &h, 1, 0);
+        assert_eq!((d.recommended, d.desired), (Some(i32::MAX), i32::MAX));
+        // Negative backlog counts as empty.
+        let d = observed(&obs(-40), &c, &h, 3, 0);
+        assert_eq!((d.recommended, d.desired), (Some(0), 1));
+        assert_eq!(d.reason, "backlog 0 → 0, held at min 1");
+    }
+
+    #[test]
+    fn drain_objective_without_throughput() {
+        let mut c = cfg();
+        c.max_drain_time = Some(Duration::from_secs(120));
+        for mu in [
+            None,
+            Some(f64::NAN),
+            Some(0.0),
+            Some(-2.0),
+            Some(f64::INFINITY),
+        ] {
+            let h = History {
+                per_replica_throughput: mu,
+                ..History::default()
+            };
+            let d = observed(&obs(450), &c, &h, 5, 0);
+            assert_eq!(d.recommended, Some(5), "{mu:?}");
+            assert_eq!(
+                d.reason,
+                "backlog 450 at 100/replica → 5 (throughput not yet measured)"
+            );
+        }
+    }
+
+    #[test]
+    fn drain_objective_when_backlog_wins_and_unknown_arrivals() {
+        let mut c = cfg();
+        c.max_drain_time = Some(Duration::from_secs(60));
+        let h = History {
+            per_replica_throughput: Some(10.0),
+            ..History::default()
+        };
+        // 900/60 = 15/s → 2 replicas by drain; 9 by backlog.
+        let d = observed(&obs(900), &c, &h, 9, 0);
+        assert_eq!(d.recommended, Some(9));
+        assert_eq!(
+            d.reason,
+            "backlog 900 at 100/replica → 9 (draining within 1m needs 2)"
+        );
+        // Backlog per replica so large the drain objective decides; arrivals unknown.
+        c.backlog_per_replica = 100_000;
+        let d = observed(&obs(900), &c, &h, 1, 0);
+        assert_eq!(d.recommended, Some(2));
+        assert_eq!(
+            d.reason,
+            "backlog 900 over 1m at 10.0/s per replica → 2 (arrival rate unknown)"
+        );
+        // An empty queue still needs capacity for its arrivals.
+        let mut o = obs(0);
+        o.publish_rate = Some(35.0);
+        let d = observed(&o, &c, &h, 1, 0);
+        assert_eq!(d.recommended, Some(4));
+        // A tiny throughput saturates and is capped by max.
+        let slow = History {
+            per_replica_throughput: Some(1e-300),
+            ..History::default()
+        };
+        let d = observed(&obs(900), &c, &slow, 1, 0);
+        assert_eq!(
+            (d.recommended, d.desired, d.limit),
+            (Some(i32::MAX), 10, Some(Limit::Max))
+        );
+        // Non-finite arrivals are ignored.
+        let mut o = obs(900);
+        o.publish_rate = Some(f64::INFINITY);
+        assert_eq!(observed(&o, &c, &h, 1, 0).recommended, Some(2));
+    }
+
+    #[test]
+    fn drain_ceiling_tolerates_float_noise() {
+        assert_eq!(ceil_to_i32(6.0), 6);
+        assert_eq!(ceil_to_i32(6.000_000_000_000_1), 6);
+        assert_eq!(ceil_to_i32(6.001), 7);
+        assert_eq!(ceil_to_i32(1e-9), 1);
+        assert_eq!(ceil_to_i32(0.0), 0);
+        assert_eq!(ceil_to_i32(-1.0), 0);
+        assert_eq!(ceil_to_i32(f64::NAN), 0);
+        assert_eq!(ceil_to_i32(f64::INFINITY), i32::MAX);
+        assert_eq!(ceil_to_i32(3e9), i32::MAX);
+    }
+
+    // ---- properties ----
+
+    #[test]
+    fn never_outside_bounds() {
+        let mut r = Rng(7);
+        for i in 0..20_000 {
+            let c = random_cfg(&mut r);
+            let h = random_history(&mut r, &c);
+            let current = r.range(-1, 25) as i32;
+            let o = random_obs(&mut r);
+            let input = if i % 5 == 0 {
+                Input::Unavailable
+            } else {
+                Input::Observed(&o)
+            };
+            let d = decide(input, &c, &h, current, t(0));
+            assert!(
+                (c.min_replicas..=c.max_replicas).contains(&d.desired),
+                "{c:?} {h:?} current {current} {o:?} → {d:?}"
+            );
+            assert!(!d.reason.is_empty());
+            let mut paused = c.clone();
+            paused.paused = true;
+            assert_eq!(
+                decide(input, &paused, &h, current, t(0)).desired,
+                current.max(0)
+            );
+        }
+    }
+
+    #[test]
+    fn more_backlog_never_means_fewer_replicas() {
+        let mut r = Rng(11);
+        let backlogs = [
+            -3,
+            0,
+            1,
+            4,
+            5,
+            6,
+            50,
+            99,
+            100,
+            101,
+            250,
+            999,
+            1000,
+            5000,
+            100_000,
+            i64::MAX,
+        ];
+        for _ in 0..3_000 {
+            let c = random_cfg(&mut r);
+            let h = random_history(&mut r, &c);
+            let current = r.range(0, 20) as i32;
+            let rate = r.pick(&[None, Some(0.0), Some(40.0)]);
+            let mut last = i32::MIN;
+            for b in backlogs {
+                let mut o = obs(b);
+                o.publish_rate = rate;
+                let d = observed(&o, &c, &h, current, 0);
+                assert!(
+                    d.desired >= last,
+                    "{c:?} {h:?} current {current} backlog {b}: {} < {last}",
+                    d.desired
+                );
+                last = d.desired;
+            }
+        }
+    }
+
+    #[test]
+    fn constant_load_gives_constant_count() {
+        for c in [
+            cfg(),
+            PolicyConfig {
+                scale_up_window: Duration::from_secs(60),
+                scale_up_max_step: Some(2),
+                scale_down_max_step: Some(1),
+                ..cfg()
+            },
+        ] {
+            let mut sim = Sim::seeded(c, 3);
+            let mut seen = Vec::new();
+            for _ in 0..1_000 {
+                seen.push(sim.backlog(750).desired);
+            }
+            let settled = &seen[100..];
+            assert!(settled.iter().all(|&n| n == 8), "{seen:?}");
+            // Never overshoots on the way.
+            assert!(seen.iter().all(|&n| (3..=8).contains(&n)), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn unavailable_never_lowers() {
+        let mut r = Rng(3);
+        for _ in 0..5_000 {
+            let c = random_cfg(&mut r);
+            let h = random_history(&mut r, &c);
+            let current = r.range(i64::from(c.min_replicas), i64::from(c.max_replicas)) as i32;
+            let d = decide(Input::Unavailable, &c, &h, current, t(0));
+            assert!(d.desired >= current, "{c:?} {h:?} {current} → {d:?}");
+            assert_eq!(d.recommended, None);
+        }
+    }
+
+    #[test]
+    fn fixed_fallback_after_failures_raises_only() {
+        let c = PolicyConfig {
+            fallback: Fallback::Fixed {
+                replicas: 5,
+                after_failures: 3,
+            },
+            ..cfg()
+        };
+        let mut sim = Sim::new(c.clone(), 2);
+        let d1 = sim.tick(Input::Unavailable, 5);
+        assert_eq!((d1.desired, d1.limit), (2, Some(Limit::NoData)));
+        assert_eq!(
+            d1.reason,
+            "source unavailable (1 failure): holding 2; fallback to 5 after 3 failures"
+        );
+        assert_eq!(sim.tick(Input::Unavailable, 5).desired, 2);
+        let d3 = sim.tick(Input::Unavailable, 5);
+        assert_eq!(d3.desired, 5);
+        assert_eq!(
+            d3.reason,
+            "source unavailable (3 failures): fallback raises 2 → 5"
+        );
+        assert_eq!(sim.history.consecutive_failures, 3);
+        assert_eq!(sim.tick(Input::Unavailable, 5).desired, 5);
+        // Data comes back: failures reset.
+        sim.backlog(700);
+        assert_eq!(sim.history.consecutive_failures, 0);
+        assert_eq!(sim.current, 7);
+
+        // Above the fallback count: held, not lowered.
+        let mut sim = Sim::new(c.clone(), 7);
+        for _ in 0..5 {
+            assert_eq!(sim.tick(Input::Unavailable, 5).desired, 7);
+        }
+        let h = History {
+            consecutive_failures: 9,
+            ..History::default()
+        };
+        assert_eq!(
+            decide(Input::Unavailable, &c, &h, 7, t(0)).reason,
+            "source unavailable (10 failures): holding 7 (fallback 5 never lowers)"
+        );
+    }
+
+    #[test]
+    fn unavailable_respects_bounds() {
+        let c = PolicyConfig {
+            fallback: Fallback::Fixed {
+                replicas: 8,
+                after_failures: 1,
+            },
+            max_replicas: 6,
+            ..cfg()
+        };
+        let d = decide(Input::Unavailable, &c, &History::default(), 2, t(0));
+        assert_eq!(d.desired, 6);
+        let d = decide(Input::Unavailable, &cfg(), &History::default(), 0, t(0));
+        assert_eq!((d.desired, d.limit), (1, Some(Limit::Min)));
+        assert_eq!(
+            d.reason,
+            "source unavailable (1 failure): holding 0, raised to min 1"
+        );
+    }
+
+    #[test]
+    fn missing_data_does_not_scale_down_through_the_window() {
+        // A high count with only low recommendations in the window: data says go down,
+        // missing data must not.
+        let c = PolicyConfig {
+            scale_down_window: Duration::from_secs(60),
+            ..cfg()
+        };
+        let mut h = History::default();
+        h.recommendations.push_back((t(-30), 1));
+        assert_eq!(decide(Input::Unavailable, &c, &h, 8, t(0)).desired, 8);
+        assert_eq!(observed(&obs(0), &c, &h, 8, 0).desired, 1);
+    }
+
+    // ---- stabilization ----
+
+    #[test]
+    fn scale_up_window_uses_lowest_recent() {
+        let c = PolicyConfig {
+            scale_up_window: Duration::from_secs(60),
+            ..cfg()
+        };
+        let mut h = History::default();
+        h.recommendations.push_back((t(-90), 1)); // outside the window
+        h.recommendations.push_back((t(-30), 3));
+        h.recommendations.push_back((t(-10), 6));
+        let d = observed(&obs(800), &c, &h, 2, 0);
+        assert_eq!((d.desired, d.limit), (3, Some(Limit::Stabilization)));
+        assert_eq!(
+            d.reason,
+            "backlog 800 at 100/replica → 8; scale-up from 2 limited to 3 by 1m window (lowest recent: 3)"
+        );
+        // The lowest recent is at or below current: held, never lowered.
+        h.recommendations.push_back((t(-5), 1));
+        let d = observed(&obs(800), &c, &h, 2, 0);
+        assert_eq!((d.desired, d.limit), (2, Some(Limit::Stabilization)));
+        assert_eq!(
+            d.reason,
+            "backlog 800 at 100/replica → 8; scale-up from 2 held by 1m window (lowest recent: 1)"
+        );
+        // A zero window scales up at once.
+        let d = observed(&obs(800), &cfg(), &h, 2, 0);
+        assert_eq!((d.desired, d.limit), (8, None));
+        assert_eq!(d.reason, "backlog 800 at 100/replica → 8");
+    }
+
+    #[test]
+    fn scale_down_window_uses_highest_recent() {
+        let mut h = History::default();
+        h.recommendations.push_back((t(-400), 9)); // outside the 5m window
+        h.recommendations.push_back((t(-100), 5));
+        h.recommendations.push_back((t(-50), 3));
+        let d = observed(&obs(200), &cfg(), &h, 8, 0);
+        assert_eq!((d.desired, d.limit), (5, Some(Limit::Stabilization)));
+        assert_eq!(
+            d.reason,
+            "backlog 200 at 100/replica → 2; scale-down from 8 limited to 5 by 5m window (highest recent: 5)"
+        );
+        // Entries above current do not push a scale-down upward.
+        h.recommendations.push_back((t(-20), 12));
+        let d = observed(&obs(200), &cfg(), &h, 8, 0);
+        assert_eq!(d.desired, 8);
+        // Without a window the scale-down is immediate.
+        let c = PolicyConfig {
+            scale_down_window: Duration::ZERO,
+            ..cfg()
+        };
+        assert_eq!(observed(&obs(200), &c, &h, 8, 0).desired, 2);
+    }
+
+    #[test]
+    fn seeded_restart_waits_a_full_scale_down_window() {
+        let mut sim = Sim::seeded(cfg(), 6);
+        for _ in 0..60 {
+            // t = 0, 5, ..., 295
+            let d = sim.backlog(100);
+            assert_eq!(d.desired, 6, "at {}", sim.now - 5);
+        }
+        assert_eq!(sim.now, 300);
+        let d = sim.backlog(100);
+        assert_eq!((d.desired, d.limit), (1, None));
+        // Scale-up is not held by the seed.
+        let mut sim = Sim::seeded(cfg(), 6);
+        assert_eq!(sim.backlog(900).desired, 9);
+    }
+
+    #[test]
+    fn spike_then_quiet_scales_down_after_window() {
+        let mut sim = Sim::new(cfg(), 1);
+        assert_eq!(sim.backlog(1000).desired, 10);
+        let spike_end = sim.now - 5;
+        let mut first_down = None;
+        for _ in 0..100 {
+            let d = sim.backlog(100);
+            if d.desired < 10 && first_down.is_none() {
+                first_down = Some(sim.now - 5);
+                assert_eq!(d.desired, 1);
+            }
+        }
+        assert_eq!(first_down, Some(spike_end + 300));
+    }
+
+    // ---- steps ----
+
+    #[test]
+    fn step_limits() {
+        let c = PolicyConfig {
+            scale_up_max_step: Some(2),
+            scale_down_max_step: Some(3),
+            scale_down_window: Duration::ZERO,
+            ..cfg()
+        };
+        let h = History::default();
+        let d = observed(&obs(1000), &c, &h, 2, 0);
+        assert_eq!((d.desired, d.limit), (4, Some(Limit::MaxStepUp)));
+        assert_eq!(
+            d.reason,
+            "backlog 1000 at 100/replica → 10; scale-up limited to 2 per step (2 → 4)"
+        );
+        let d = observed(&obs(100), &c, &h, 10, 0);
+        assert_eq!((d.desired, d.limit), (7, Some(Limit::MaxStepDown)));
+        assert_eq!(
+            d.reason,
+            "backlog 100 at 100/replica → 1; scale-down limited to 3 per step (10 → 7)"
+        );
+        // Within the step: no limit.
+        let d = observed(&obs(300), &c, &h, 2, 0);
+        assert_eq!((d.desired, d.limit), (3, None));
+        // Walks there step by step.
+        let mut sim = Sim::new(c.clone(), 10);
+        let path: Vec<i32> = (0..5).map(|_| sim.backlog(100).desired).collect();
+        assert_eq!(path, [7, 4, 1, 1, 1]);
+    }
+
+    #[test]
+    fn bounds_win_over_steps() {
+        let c = PolicyConfig {
+            scale_down_max_step: Some(2),
+            scale_up_max_step: Some(1),
+            scale_down_window: Duration::ZERO,
+            min_replicas: 3,
+            ..cfg()
+        };
+        let d = observed(&obs(100), &c, &History::default(), 20, 0);
+        assert_eq!((d.desired, d.limit), (10, Some(Limit::Max)));
+        let d = observed(&obs(100), &c, &History::default(), 0, 0);
+        assert_eq!((d.desired, d.limit), (3, Some(Limit::Min)));
+    }
+
+    // ---- scale to zero ----
+
+    fn zero_cfg() -> PolicyConfig {
+        PolicyConfig {
+            min_replicas: 0,
+            activation_backlog: 10,
+            scale_down_window: Duration::ZERO,
+            ..cfg()
+        }
+    }
+
+    #[test]
+    fn stays_at_zero_below_activation() {
+        let h = History::default();
+        let d = observed(&obs(10), &zero_cfg(), &h, 0, 0);
+        assert_eq!((d.desired, d.recommended, d.limit), (0, Some(0), None));
+        assert_eq!(
+            d.reason,
+            "backlog 10 at or below activation 10: staying at 0"
+        );
+        let c = PolicyConfig {
+            activation_backlog: 0,
+            ..zero_cfg()
+        };
+        assert_eq!(
+            observed(&obs(0), &c, &h, 0, 0).reason,
+            "backlog 0: staying at 0"
+        );
+    }
+
+    #[test]
+    fn activates_above_threshold() {
+        let h = History::default();
+        let d = observed(&obs(11), &zero_cfg(), &h, 0, 0);
+        assert_eq!((d.desired, d.recommended), (1, Some(1)));
+        assert_eq!(observed(&obs(250), &zero_cfg(), &h, 0, 0).desired, 3);
+        // Even a scale-up window full of zeros does not keep work waiting at zero.
+        let c = PolicyConfig {
+            scale_up_window: Duration::from_secs(300),
+            ..zero_cfg()
+        };
+        let mut h = History::default();
+        h.recommendations.push_back((t(-10), 0));
+        let d = observed(&obs(250), &c, &h, 0, 0);
+        assert_eq!(d.desired, 1);
+        assert!(d.reason.ends_with("; activating with 1"), "{}", d.reason);
+    }
+
+    #[test]
+    fn scale_to_zero_waits_for_cooldown() {
+        let c = zero_cfg();
+        let h = History {
+            last_active: Some(t(-100)),
+            ..History::default()
+        };
+        let d = observed(&obs(5), &c, &h, 3, 0);
+        assert_eq!((d.desired, d.recommended), (1, Some(0)));
+        assert_eq!(d.limit, Some(Limit::ScaleToZeroCooldown));
+        assert_eq!(
+            d.reason,
+            "backlog 5 at or below activation 10 → 0; scale to zero held at 1 until idle for 5m (1m40s so far)"
+        );
+        let h = History {
+            last_active: Some(t(-300)),
+            ..History::default()
+        };
+        let d = observed(&obs(5), &c, &h, 3, 0);
+        assert_eq!((d.desired, d.limit), (0, None));
+        assert_eq!(d.reason, "backlog 5 at or below activation 10 → 0");
+    }
+
+    #[test]
+    fn scale_to_zero_is_conservative_without_activity() {
+        let c = zero_cfg();
+        let d = observed(&obs(0), &c, &History::default(), 2, 0);
+        assert_eq!((d.desired, d.limit), (1, Some(Limit::ScaleToZeroCooldown)));
+        assert!(d.reason.ends_with("(nothing recorded yet)"), "{}", d.reason);
+        // Never active: measured from the oldest remembered recommendation.
+        let d = observed(&obs(0), &c, &History::seeded(2, t(-200)), 2, 0);
+        assert_eq!(d.desired, 1);
+        let d = observed(&obs(0), &c, &History::seeded(2, t(-300)), 2, 0);
+        assert_eq!(d.desired, 0);
+    }
+
+    #[test]
+    fn scale_to_zero_over_time_after_restart() {
+        // Windows shorter than the cooldown: the history must still remember long enough.
+        let c = PolicyConfig {
+            scale_to_zero_cooldown: Duration::from_secs(60),
+            ..zero_cfg()
+        };
+        let mut sim = Sim::seeded(c, 2);
+        let mut zero_at = None;
+        for _ in 0..40 {
+            let d = sim.backlog(0);
+            if d.desired == 0 && zero_at.is_none() {
+                zero_at = Some(sim.now - 5);
+            }
+        }
+        assert_eq!(zero_at, Some(60));
+        assert!(sim.history.recommendations.len() > 1);
+    }
+
+    #[test]
+    fn scale_to_zero_needs_cooldown_and_scale_down_window() {
+        let c = PolicyConfig {
+            scale_down_window: Duration::from_secs(300),
+            scale_to_zero_cooldown: Duration::from_secs(120),
+            ..zero_cfg()
+        };
+        let mut sim = Sim::new(c, 0);
+        assert_eq!(sim.backlog(400).desired, 4);
+        let last_busy = sim.now - 5;
+        let mut path = Vec::new();
+        for _ in 0..80 {
+            path.push((sim.now, sim.backlog(0).desired));
+        }
+        let zero = path.iter().find(|(_, n)| *n == 0).map(|(at, _)| *at);
+        assert_eq!(zero, Some(last_busy + 300));
+        assert!(path.iter().all(|(_, n)| *n == 0 || *n == 4), "{path:?}");
+        // And wakes up again on work.
+        assert_eq!(sim.backlog(11).desired, 1);
+    }
+
+    // ---- throughput estimate ----
+
+    fn saturated(ready: i64, consumers: Option<i64>, ack: Option<f64>) -> Observation {
+        Observation {
+            ready: Some(ready),
+            unacked: Some(10),
+            consumers,
+            ack_rate: ack,
+            ..obs(ready + 10)
+        }
+    }
+
+    fn record_obs(h: &mut History, o: &Observation, current: i32) {
+        let c = cfg();
+        let d = decide(Input::Observed(o), &c, h, current, t(0));
+        h.record(Input::Observed(o), &d, &c, current, t(0));
+    }
+
+    #[test]
+    fn throughput_measured_only_when_saturated() {
+        let mut h = History::default();
+        // Empty queue: the ack rate is demand, not capacity.
+        record_obs(&mut h, &saturated(0, Some(4), Some(100.0)), 4);
+        assert_eq!(h.per_replica_throughput, None);
+        // Fewer ready messages than consumers: not clearly saturated.
+        record_obs(&mut h, &saturated(3, Some(4), Some(100.0)), 4);
+        assert_eq!(h.per_replica_throughput, None);
+        // Saturated: 100/s over 4 consumers.
+        record_obs(&mut h, &saturated(50, Some(4), Some(100.0)), 4);
+        assert_eq!(h.per_replica_throughput, Some(25.0));
+        // EWMA: 0.3 * 50 + 0.7 * 25.
+        record_obs(&mut h, &saturated(50, Some(4), Some(200.0)), 4);
+        let mu = h.per_replica_throughput.expect("measured");
+        assert!((mu - 32.5).abs() < 1e-9, "{mu}");
+        // Garbage rates are ignored.
+        for bad in [
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(-5.0),
+            Some(0.0),
+            None,
+        ] {
+            record_obs(&mut h, &saturated(50, Some(4), bad), 4);
+            assert_eq!(h.per_replica_throughput, Some(mu), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn throughput_fallbacks() {
+        // Without acks, the deliver rate counts; without a consumer count, `current` does.
+        let mut h = History::default();
+        let mut o = saturated(50, None, None);
+        o.deliver_rate = Some(30.0);
+        record_obs(&mut h, &o, 3);
+        assert_eq!(h.per_replica_throughput, Some(10.0));
+        // No one consuming: nothing to divide by.
+        let mut h = History::default();
+        record_obs(&mut h, &saturated(50, Some(0), Some(30.0)), 0);
+        assert_eq!(h.per_replica_throughput, None);
+        // Ready unknown: backlog minus unacked must cover the busy replicas.
+        let mut h = History::default();
+        let mut o = saturated(0, Some(2), Some(30.0));
+        o.ready = None;
+        o.backlog = 11; // 11 - 10 unacked = 1 waiting < 2 consumers
+        record_obs(&mut h, &o, 2);
+        assert_eq!(h.per_replica_throughput, None);
+        o.backlog = 12;
+        record_obs(&mut h, &o, 2);
+        assert_eq!(h.per_replica_throughput, Some(15.0));
+        // An invalid stored estimate is replaced, not averaged.
+        let mut h = History {
+            per_replica_throughput: Some(f64::NAN),
+            ..History::default()
+        };
+        record_obs(&mut h, &saturated(50, Some(2), Some(30.0)), 2);
+        assert_eq!(h.per_replica_throughput, Some(15.0));
+    }
+
+    #[test]
+    fn drain_objective_with_measured_throughput_over_time() {
+        let c = PolicyConfig {
+            backlog_per_replica: 10_000,
+            max_drain_time: Some(Duration::from_secs(60)),
+            max_replicas: 50,
+            ..cfg()
+        };
+        let mut sim = Sim::seeded(c, 2);
+        // Saturated consumers each doing 20/s; 100/s arrive; 6000 waiting.
+        let mut o = Observation {
+            ready: Some(6000),
+            unacked: Some(0),
+            consumers: Some(2),
+            publish_rate: Some(100.0),
+            ack_rate: Some(40.0),
+            ..obs(6000)
+        };
+        let first = sim.tick(Input::Observed(&o), 5);
+        assert_eq!(first.desired, 2);
+        assert!(
+            first.reason.contains("throughput not yet measured"),
+            "{}",
+            first.reason
+        );
+        assert_eq!(sim.history.per_replica_throughput, Some(20.0));
+        // (100 + 6000/60) / 20 = 10.
+        o.consumers = Some(i64::from(sim.current));
+        o.ack_rate = Some(20.0 * f64::from(sim.current));
+        let second = sim.tick(Input::Observed(&o), 5);
+        assert_eq!(second.desired, 10);
+        assert_eq!(
+            second.reason,
+            "arrivals 100.0/s + backlog 6000 over 1m at 20.0/s per replica → 10"
+        );
+    }
+
+    // ---- record ----
+
+    #[test]
+    fn record_bookkeeping() {
+        let c = PolicyConfig {
+            scale_up_window: Duration::from_secs(30),
+            scale_down_window: Duration::from_secs(60),
+            activation_backlog: 5,
+            ..cfg()
+        };
+        let mut h = History::default();
+        let o = obs(5000);
+        let d = decide(Input::Observed(&o), &c, &h, 2, t(0));
+        assert_eq!(d.recommended, Some(50));
+        h.record(Input::Observed(&o), &d, &c, 2, t(0));
+        // The bounded recommendation is remembered.
+        assert_eq!(h.recommendations.back(), Some(&(t(0), 10)));
+        assert_eq!(h.last_scale, Some(t(0)));
+        assert_eq!(h.last_active, Some(t(0)));
+
+        // Unchanged count, quiet queue: no scale, not active.
+        let o = obs(5);
+        let d = decide(Input::Observed(&o), &c, &h, 10, t(10));
+        h.record(Input::Observed(&o), &d, &c, 10, t(10));
+        assert_eq!(d.desired, 10);
+        assert_eq!(h.last_scale, Some(t(0)));
+        assert_eq!(h.last_active, Some(t(0)));
+        assert_eq!(h.recommendations.back(), Some(&(t(10), 1)));
+
+        // Failures count up and push nothing.
+        let d = decide(Input::Unavailable, &c, &h, 10, t(20));
+        h.record(Input::Unavailable, &d, &c, 10, t(20));
+        h.record(Input::Unavailable, &d, &c, 10, t(25));
+        assert_eq!(h.consecutive_failures, 2);
+        assert_eq!(h.recommendations.len(), 2);
+
+        // Entries older than the longest window go; the newest always stays.
+        let d = decide(Input::Observed(&o), &c, &h, 10, t(65));
+        h.record(Input::Observed(&o), &d, &c, 10, t(65));
+        assert_eq!(h.consecutive_failures, 0);
+        assert_eq!(
+            h.recommendations.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [t(10), t(65)]
+        );
+        h.record(Input::Unavailable, &d, &c, 10, t(10_000));
+        assert_eq!(h.recommendations.len(), 1);
+    }
+
+    #[test]
+    fn failure_count_saturates() {
+        let mut h = History {
+            consecutive_failures: u32::MAX,
+            ..History::default()
+        };
+        let d = decide(Input::Unavailable, &cfg(), &h, 3, t(0));
+        assert_eq!(d.desired, 3);
+        h.record(Input::Unavailable, &d, &cfg(), 3, t(0));
+        assert_eq!(h.consecutive_failures, u32::MAX);
+    }
+
+    #[test]
+    fn odd_inputs_do_not_panic() {
+        let weird = PolicyConfig {
+            min_replicas: -3,
+            max_replicas: -5,
+            backlog_per_replica: 0,
+            max_drain_time: Some(Duration::ZERO),
+            activation_backlog: -1,
+            scale_up_max_step: Some(0),
+            scale_down_max_step: Some(i32::MIN),
+            scale_down_window: Duration::MAX,
+            scale_up_window: Duration::MAX,
+            ..cfg()
+        };
+        let mut h = History::seeded(i32::MAX, t(0));
+        h.recommendations.push_back((t(-1_000_000_000), i32::MIN));
+        for b in [i64::MIN, -1, 0, 1, i64::MAX] {
+            for current in [i32::MIN, -1, 0, 1, i32::MAX] {
+                let d = observed(&obs(b), &weird, &h, current, 0);
+                assert!(d.desired >= 0);
+                let mut h2 = h.clone();
+                h2.record(Input::Observed(&obs(b)), &d, &weird, current, t(0));
+            }
+        }
     }
 }

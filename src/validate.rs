@@ -1,10 +1,18 @@
 //! Spec validation in code: the same constraints as the CRD schema and its CEL rules, for
 //! clusters or clients that bypass them. Produces the settings the controller runs on.
+//!
+//! [`validate`] reports every problem it finds, not just the first, and each problem names
+//! its field in the path form users see in `kubectl explain` (`spec.behavior.pollInterval`).
+//! Messages quote the offending value where that helps, except for URLs: a management URL
+//! is never echoed, because a refused one may carry credentials.
 
 use std::time::Duration;
 
-use crate::api::{ScaleTargetRef, ScaledConsumerSpec, SecretKeysRef};
-use crate::policy::PolicyConfig;
+use crate::api::{
+    BehaviorSpec, FallbackMode, FallbackSpec, RabbitMqSource, ScaleTargetRef, ScaledConsumerSpec,
+    ScalingRules, SecretKeysRef,
+};
+use crate::policy::{Fallback, PolicyConfig};
 
 /// A spec that passed validation, with defaults applied and durations parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,15 +41,974 @@ pub struct SpecError {
     pub problems: Vec<String>,
 }
 
+/// Default `behavior.pollInterval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `behavior.scaleUp.stabilizationWindow`.
+pub const DEFAULT_SCALE_UP_WINDOW: Duration = Duration::ZERO;
+/// Default `behavior.scaleDown.stabilizationWindow`.
+pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
+/// Default `behavior.scaleToZeroCooldown`.
+pub const DEFAULT_SCALE_TO_ZERO_COOLDOWN: Duration = Duration::from_secs(300);
+/// Default `fallback.afterFailures`.
+pub const DEFAULT_AFTER_FAILURES: u32 = 3;
+
+const ONE_SECOND: Duration = Duration::from_secs(1);
+const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+/// Brokers nerite can read, for messages.
+const SUPPORTED_SOURCES: &str = "rabbitmq";
+
 /// Parse a duration such as `500ms`, `5s`, `1m30s`, `2h`.
+///
+/// The grammar is the CRD's [`DURATION_PATTERN`](crate::api::DURATION_PATTERN): one or more
+/// `<number><unit>` groups with no separators, where a number is digits with an optional
+/// decimal part (`1.5s`) and a unit is `ms`, `s`, `m` or `h`. Empty strings, signs, spaces,
+/// other units and values beyond what a `Duration` holds are refused. Sub-nanosecond
+/// fractions are truncated.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let _ = s;
-    Err("not implemented".into())
+    const NANOS_PER_MS: u128 = 1_000_000;
+    const NANOS_PER_S: u128 = 1_000_000_000;
+    if s.is_empty() {
+        return Err("empty duration (expected e.g. 500ms, 5s, 1m30s, 2h)".to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total: u128 = 0;
+    while i < bytes.len() {
+        // Integer part.
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return Err(match bytes[i] {
+                b'-' => "negative durations are not allowed".to_string(),
+                b'+' => "signs are not allowed in durations".to_string(),
+                b' ' | b'\t' => "spaces are not allowed in durations".to_string(),
+                c if c.is_ascii_alphabetic() => format!(
+                    "unexpected {} after {} (format: <number><unit>..., units ms, s, m, h)",
+                    quote(&word_at(&s[i..])),
+                    quote(&s[..i])
+                ),
+                _ => format!(
+                    "expected a number at position {} (format: <number><unit>..., units ms, s, m, h)",
+                    i + 1
+                ),
+            });
+        }
+        let int_digits = &s[start..i];
+        // Optional fraction.
+        let mut frac_digits = "";
+        if i < bytes.len() && bytes[i] == b'.' {
+            i += 1;
+            let fstart = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == fstart {
+                return Err("a decimal point must be followed by digits (e.g. 1.5s)".to_string());
+            }
+            frac_digits = &s[fstart..i];
+        }
+        // Unit.
+        let rest = &s[i..];
+        let (unit_nanos, unit_len) = if rest.starts_with("ms") {
+            (NANOS_PER_MS, 2)
+        } else if rest.starts_with('s') {
+            (NANOS_PER_S, 1)
+        } else if rest.starts_with('m') {
+            (60 * NANOS_PER_S, 1)
+        } else if rest.starts_with('h') {
+            (3600 * NANOS_PER_S, 1)
+        } else if rest.is_empty() {
+            return Err(format!(
+                "missing unit after {int_digits} (use ms, s, m or h)"
+            ));
+        } else if rest.starts_with([' ', '\t']) {
+            return Err("spaces are not allowed in durations".to_string());
+        } else {
+            return Err(format!(
+                "unknown unit {} (use ms, s, m or h)",
+                quote(&word_at(rest))
+            ));
+        };
+        i += unit_len;
+
+        let too_large = || "duration is too large".to_string();
+        let int: u128 = int_digits.parse().map_err(|_| too_large())?;
+        let mut group = int.checked_mul(unit_nanos).ok_or_else(too_large)?;
+        if !frac_digits.is_empty() {
+            // 18 digits keep full nanosecond precision for every unit up to hours.
+            let kept = &frac_digits[..frac_digits.len().min(18)];
+            let frac: u128 = kept.parse().map_err(|_| too_large())?;
+            let scale = 10u128.pow(u32::try_from(kept.len()).unwrap_or(18));
+            group = group
+                .checked_add(frac.saturating_mul(unit_nanos) / scale)
+                .ok_or_else(too_large)?;
+        }
+        total = total.checked_add(group).ok_or_else(too_large)?;
+    }
+    let secs =
+        u64::try_from(total / NANOS_PER_S).map_err(|_| "duration is too large".to_string())?;
+    let nanos = u32::try_from(total % NANOS_PER_S).unwrap_or(0);
+    Ok(Duration::new(secs, nanos))
 }
 
+/// The unit-like word at the start of `rest`, for messages.
+fn word_at(rest: &str) -> String {
+    let word: String = rest
+        .chars()
+        .take_while(|c| !c.is_ascii_digit() && *c != '.')
+        .take(8)
+        .collect();
+    if word.is_empty() {
+        rest.chars().take(1).collect()
+    } else {
+        word
+    }
+}
+
+/// Render a duration the way users write them (`5m`, `1m30s`, `1.5s`, `500ms`, `0s`).
+pub fn format_duration(d: Duration) -> String {
+    let total_ms = d.as_millis();
+    if total_ms == 0 {
+        return if d.is_zero() {
+            "0s".to_string()
+        } else {
+            format!("{}ns", d.as_nanos())
+        };
+    }
+    let h = total_ms / 3_600_000;
+    let m = (total_ms / 60_000) % 60;
+    let s = (total_ms / 1000) % 60;
+    let ms = total_ms % 1000;
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || ms > 0 {
+        if ms == 0 {
+            out.push_str(&format!("{s}s"));
+        } else if s == 0 && out.is_empty() {
+            out.push_str(&format!("{ms}ms"));
+        } else {
+            let frac = format!("{ms:03}");
+            out.push_str(&format!("{s}.{}s", frac.trim_end_matches('0')));
+        }
+    }
+    out
+}
+
+/// Validate a spec and apply defaults. Collects every problem before failing.
 pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
-    let _ = spec;
-    Err(SpecError {
-        problems: vec!["not implemented".into()],
+    let mut p = Problems::default();
+
+    check_target(&spec.scale_target_ref, &mut p);
+
+    // Replica bounds.
+    if spec.min_replicas < 0 {
+        p.add(format!(
+            "spec.minReplicas ({}) must be at least 0",
+            spec.min_replicas
+        ));
+    }
+    if spec.max_replicas < 1 {
+        p.add(format!(
+            "spec.maxReplicas ({}) must be at least 1",
+            spec.max_replicas
+        ));
+    }
+    if spec.min_replicas > spec.max_replicas {
+        p.add(format!(
+            "spec.minReplicas ({}) must not exceed spec.maxReplicas ({})",
+            spec.min_replicas, spec.max_replicas
+        ));
+    }
+
+    // Source.
+    let source = check_source(spec, &mut p);
+
+    // Objective.
+    if spec.objective.backlog_per_replica < 1 {
+        p.add(format!(
+            "spec.objective.backlogPerReplica ({}) must be at least 1",
+            spec.objective.backlog_per_replica
+        ));
+    }
+    let max_drain_time = spec.objective.max_drain_time.as_deref().and_then(|s| {
+        p.duration(
+            "spec.objective.maxDrainTime",
+            s,
+            Some(ONE_SECOND),
+            None,
+            "at least 1s",
+        )
+    });
+
+    // Behavior.
+    let default_behavior = BehaviorSpec::default();
+    let b = spec.behavior.as_ref().unwrap_or(&default_behavior);
+    let poll_interval = b
+        .poll_interval
+        .as_deref()
+        .and_then(|s| {
+            p.duration(
+                "spec.behavior.pollInterval",
+                s,
+                Some(ONE_SECOND),
+                Some(ONE_HOUR),
+                "between 1s and 1h",
+            )
+        })
+        .unwrap_or(DEFAULT_POLL_INTERVAL);
+    let (scale_up_window, scale_up_max_step) = check_rules(
+        "spec.behavior.scaleUp",
+        b.scale_up.as_ref(),
+        DEFAULT_SCALE_UP_WINDOW,
+        &mut p,
+    );
+    let (scale_down_window, scale_down_max_step) = check_rules(
+        "spec.behavior.scaleDown",
+        b.scale_down.as_ref(),
+        DEFAULT_SCALE_DOWN_WINDOW,
+        &mut p,
+    );
+    let activation_backlog = b.activation_backlog.unwrap_or(0);
+    if activation_backlog < 0 {
+        p.add(format!(
+            "spec.behavior.activationBacklog ({activation_backlog}) must be at least 0"
+        ));
+    }
+    let scale_to_zero_cooldown = b
+        .scale_to_zero_cooldown
+        .as_deref()
+        .and_then(|s| p.duration("spec.behavior.scaleToZeroCooldown", s, None, None, ""))
+        .unwrap_or(DEFAULT_SCALE_TO_ZERO_COOLDOWN);
+
+    // Fallback.
+    let fallback = check_fallback(spec.fallback.as_ref(), spec, &mut p);
+
+    if !p.0.is_empty() {
+        return Err(SpecError { problems: p.0 });
+    }
+    let (Some(source), Some(fallback)) = (source, fallback) else {
+        // Unreachable in practice: a missing piece always comes with a problem.
+        return Err(SpecError {
+            problems: vec!["spec is incomplete".to_string()],
+        });
+    };
+    Ok(ValidSpec {
+        target: spec.scale_target_ref.clone(),
+        policy: PolicyConfig {
+            min_replicas: spec.min_replicas,
+            max_replicas: spec.max_replicas,
+            paused: spec.paused,
+            backlog_per_replica: spec.objective.backlog_per_replica,
+            max_drain_time,
+            poll_interval,
+            scale_up_window,
+            scale_down_window,
+            scale_up_max_step,
+            scale_down_max_step,
+            activation_backlog,
+            scale_to_zero_cooldown,
+            fallback,
+        },
+        source,
     })
+}
+
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, problem: String) {
+        self.0.push(problem);
+    }
+
+    /// Parse a duration field and check its range; records a problem and returns None when
+    /// it is malformed or out of range.
+    fn duration(
+        &mut self,
+        field: &str,
+        value: &str,
+        min: Option<Duration>,
+        max: Option<Duration>,
+        range: &str,
+    ) -> Option<Duration> {
+        match parse_duration(value) {
+            Err(why) => {
+                self.add(format!(
+                    "{field} ({}) is not a valid duration: {why}",
+                    quote(value)
+                ));
+                None
+            }
+            Ok(d) if min.is_some_and(|m| d < m) || max.is_some_and(|m| d > m) => {
+                self.add(format!("{field} ({}) must be {range}", quote(value)));
+                None
+            }
+            Ok(d) => Some(d),
+        }
+    }
+
+    fn non_empty(&mut self, field: &str, value: &str, max_len: Option<usize>) {
+        if value.is_empty() {
+            self.add(format!("{field} must not be empty"));
+        } else if let Some(max) = max_len
+            && value.len() > max
+        {
+            self.add(format!(
+                "{field} is {} characters long; at most {max} are allowed",
+                value.len()
+            ));
+        }
+    }
+}
+
+/// Quote a user value for a message, shortening very long ones.
+fn quote(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}...")
+    }
+}
+
+fn check_target(t: &ScaleTargetRef, p: &mut Problems) {
+    p.non_empty("spec.scaleTargetRef.apiVersion", &t.api_version, None);
+    p.non_empty("spec.scaleTargetRef.kind", &t.kind, None);
+    p.non_empty("spec.scaleTargetRef.name", &t.name, Some(253));
+}
+
+fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSource> {
+    let Some(r) = spec.source.rabbitmq.as_ref() else {
+        p.add(format!(
+            "spec.source: exactly one source must be set (supported: {SUPPORTED_SOURCES})"
+        ));
+        return None;
+    };
+    check_rabbitmq(r, p);
+    Some(ValidSource::RabbitMq {
+        management_url: r.management_url.clone(),
+        vhost: r.vhost.clone(),
+        queue: r.queue.clone(),
+        include_unacked: r.include_unacked,
+        credentials: r.credentials_secret_ref.clone(),
+    })
+}
+
+fn check_rabbitmq(r: &RabbitMqSource, p: &mut Problems) {
+    const FIELD: &str = "spec.source.rabbitmq.managementUrl";
+    if let Some(problem) = management_url_problem(&r.management_url) {
+        p.add(format!("{FIELD} {problem}"));
+    }
+    p.non_empty("spec.source.rabbitmq.vhost", &r.vhost, None);
+    p.non_empty("spec.source.rabbitmq.queue", &r.queue, Some(255));
+    let s = &r.credentials_secret_ref;
+    p.non_empty(
+        "spec.source.rabbitmq.credentialsSecretRef.name",
+        &s.name,
+        Some(253),
+    );
+    p.non_empty(
+        "spec.source.rabbitmq.credentialsSecretRef.usernameKey",
+        &s.username_key,
+        None,
+    );
+    p.non_empty(
+        "spec.source.rabbitmq.credentialsSecretRef.passwordKey",
+        &s.password_key,
+        None,
+    );
+}
+
+/// What is wrong with a management URL, phrased to follow the field name. Never includes
+/// the URL itself.
+fn management_url_problem(raw: &str) -> Option<String> {
+    if raw.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    // The CRD's CEL rule is a case-sensitive prefix check; mirror it exactly.
+    if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+        return Some("must be an http:// or https:// URL".to_string());
+    }
+    let url = match reqwest::Url::parse(raw) {
+        Ok(url) => url,
+        // url's errors describe the problem without quoting the input.
+        Err(e) => return Some(format!("is not a valid URL: {e}")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some(
+            "must not contain credentials (user info before the host): use credentialsSecretRef"
+                .to_string(),
+        );
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Some("must name a host".to_string());
+    }
+    None
+}
+
+fn check_rules(
+    path: &str,
+    rules: Option<&ScalingRules>,
+    default_window: Duration,
+    p: &mut Problems,
+) -> (Duration, Option<i32>) {
+    let Some(rules) = rules else {
+        return (default_window, None);
+    };
+    let window = rules
+        .stabilization_window
+        .as_deref()
+        .and_then(|s| {
+            p.duration(
+                &format!("{path}.stabilizationWindow"),
+                s,
+                None,
+                Some(ONE_HOUR),
+                "at most 1h",
+            )
+        })
+        .unwrap_or(default_window);
+    if let Some(step) = rules.max_step
+        && step < 1
+    {
+        p.add(format!("{path}.maxStep ({step}) must be at least 1"));
+    }
+    (window, rules.max_step)
+}
+
+fn check_fallback(
+    f: Option<&FallbackSpec>,
+    spec: &ScaledConsumerSpec,
+    p: &mut Problems,
+) -> Option<Fallback> {
+    let Some(f) = f else {
+        return Some(Fallback::Hold);
+    };
+    if let Some(r) = f.replicas {
+        if r < 0 {
+            p.add(format!("spec.fallback.replicas ({r}) must be at least 0"));
+        } else if r < spec.min_replicas || r > spec.max_replicas {
+            p.add(format!(
+                "spec.fallback.replicas ({r}) must lie within [spec.minReplicas, spec.maxReplicas] ([{}, {}])",
+                spec.min_replicas, spec.max_replicas
+            ));
+        }
+    }
+    let after_failures = match f.after_failures {
+        None => DEFAULT_AFTER_FAILURES,
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                p.add(format!(
+                    "spec.fallback.afterFailures ({n}) must be at least 1"
+                ));
+                DEFAULT_AFTER_FAILURES
+            }
+        },
+    };
+    match f.mode {
+        FallbackMode::Hold => Some(Fallback::Hold),
+        FallbackMode::Fixed => match f.replicas {
+            Some(replicas) => Some(Fallback::Fixed {
+                replicas,
+                after_failures,
+            }),
+            None => {
+                p.add(
+                    "spec.fallback.replicas is required when spec.fallback.mode is Fixed"
+                        .to_string(),
+                );
+                None
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn base() -> Value {
+        json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "source": {"rabbitmq": {
+                "managementUrl": "http://rabbitmq.default.svc:15672",
+                "queue": "orders",
+                "credentialsSecretRef": {"name": "rabbit-creds"}
+            }},
+            "objective": {"backlogPerReplica": 100}
+        })
+    }
+
+    fn spec(v: Value) -> ScaledConsumerSpec {
+        serde_json::from_value(v).expect("test spec deserializes")
+    }
+
+    fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
+        let mut cur = &mut v;
+        for part in parent.split('/').skip(1) {
+            if cur.get(part).is_none() {
+                cur[part] = json!({});
+            }
+            cur = &mut cur[part];
+        }
+        cur[key] = value;
+        v
+    }
+
+    fn problems(v: Value) -> Vec<String> {
+        validate(&spec(v))
+            .expect_err("spec must be refused")
+            .problems
+    }
+
+    fn one_problem(v: Value) -> String {
+        let p = problems(v);
+        assert_eq!(p.len(), 1, "expected exactly one problem, got {p:?}");
+        p.into_iter().next().expect("one problem")
+    }
+
+    #[test]
+    fn defaults_applied() {
+        let v = validate(&spec(base())).expect("base spec is valid");
+        let p = &v.policy;
+        assert_eq!(p.min_replicas, 1);
+        assert_eq!(p.max_replicas, 10);
+        assert!(!p.paused);
+        assert_eq!(p.backlog_per_replica, 100);
+        assert_eq!(p.max_drain_time, None);
+        assert_eq!(p.poll_interval, Duration::from_secs(5));
+        assert_eq!(p.scale_up_window, Duration::ZERO);
+        assert_eq!(p.scale_down_window, Duration::from_secs(300));
+        assert_eq!(p.scale_up_max_step, None);
+        assert_eq!(p.scale_down_max_step, None);
+        assert_eq!(p.activation_backlog, 0);
+        assert_eq!(p.scale_to_zero_cooldown, Duration::from_secs(300));
+        assert_eq!(p.fallback, Fallback::Hold);
+        assert_eq!(v.target.name, "worker");
+        let ValidSource::RabbitMq {
+            management_url,
+            vhost,
+            queue,
+            include_unacked,
+            credentials,
+        } = v.source;
+        assert_eq!(management_url, "http://rabbitmq.default.svc:15672");
+        assert_eq!(vhost, "/");
+        assert_eq!(queue, "orders");
+        assert!(include_unacked);
+        assert_eq!(credentials.name, "rabbit-creds");
+        assert_eq!(credentials.username_key, "username");
+        assert_eq!(credentials.password_key, "password");
+    }
+
+    #[test]
+    fn min_replicas_defaults_to_one() {
+        let mut v = base();
+        v.as_object_mut().expect("object").remove("minReplicas");
+        assert_eq!(validate(&spec(v)).expect("valid").policy.min_replicas, 1);
+    }
+
+    #[test]
+    fn everything_set_is_carried_over() {
+        let v = json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "w"},
+            "minReplicas": 0,
+            "maxReplicas": 50,
+            "paused": true,
+            "source": {"rabbitmq": {
+                "managementUrl": "https://rmq.example:15671/admin",
+                "vhost": "prod",
+                "queue": "q",
+                "includeUnacked": false,
+                "credentialsSecretRef": {"name": "s", "usernameKey": "u", "passwordKey": "p"}
+            }},
+            "objective": {"backlogPerReplica": 20, "maxDrainTime": "1m30s"},
+            "behavior": {
+                "pollInterval": "1.5s",
+                "scaleUp": {"stabilizationWindow": "30s", "maxStep": 4},
+                "scaleDown": {"stabilizationWindow": "10m", "maxStep": 2},
+                "activationBacklog": 7,
+                "scaleToZeroCooldown": "0s"
+            },
+            "fallback": {"mode": "Fixed", "replicas": 5}
+        });
+        let v = validate(&spec(v)).expect("valid");
+        let p = &v.policy;
+        assert_eq!((p.min_replicas, p.max_replicas, p.paused), (0, 50, true));
+        assert_eq!(p.max_drain_time, Some(Duration::from_secs(90)));
+        assert_eq!(p.poll_interval, Duration::from_millis(1500));
+        assert_eq!(p.scale_up_window, Duration::from_secs(30));
+        assert_eq!(p.scale_down_window, Duration::from_secs(600));
+        assert_eq!(
+            (p.scale_up_max_step, p.scale_down_max_step),
+            (Some(4), Some(2))
+        );
+        assert_eq!(p.activation_backlog, 7);
+        assert_eq!(p.scale_to_zero_cooldown, Duration::ZERO);
+        assert_eq!(
+            p.fallback,
+            Fallback::Fixed {
+                replicas: 5,
+                after_failures: 3
+            }
+        );
+        let ValidSource::RabbitMq {
+            include_unacked,
+            vhost,
+            ..
+        } = v.source;
+        assert!(!include_unacked);
+        assert_eq!(vhost, "prod");
+    }
+
+    #[test]
+    fn min_above_max() {
+        let v = with(base(), "/minReplicas", json!(5));
+        let v = with(v, "/maxReplicas", json!(3));
+        assert_eq!(
+            one_problem(v),
+            "spec.minReplicas (5) must not exceed spec.maxReplicas (3)"
+        );
+    }
+
+    #[test]
+    fn negative_min_and_zero_max() {
+        let v = with(base(), "/minReplicas", json!(-1));
+        assert_eq!(one_problem(v), "spec.minReplicas (-1) must be at least 0");
+        let v = with(base(), "/minReplicas", json!(0));
+        let v = with(v, "/maxReplicas", json!(0));
+        assert_eq!(one_problem(v), "spec.maxReplicas (0) must be at least 1");
+    }
+
+    #[test]
+    fn no_source() {
+        let v = with(base(), "/source", json!({}));
+        let p = one_problem(v);
+        assert!(p.starts_with("spec.source: exactly one source"), "{p}");
+        assert!(p.contains("supported: rabbitmq"), "{p}");
+    }
+
+    #[test]
+    fn zero_backlog_per_replica() {
+        let v = with(base(), "/objective/backlogPerReplica", json!(0));
+        assert_eq!(
+            one_problem(v),
+            "spec.objective.backlogPerReplica (0) must be at least 1"
+        );
+    }
+
+    #[test]
+    fn malformed_durations_are_named() {
+        for bad in ["5x", "", "-1s", "1 m", "5", "1.s", "s", "1m 30s", "1sec"] {
+            let v = with(base(), "/behavior/pollInterval", json!(bad));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with(&format!(
+                    "spec.behavior.pollInterval ({bad:?}) is not a valid duration"
+                )),
+                "{bad:?}: {p}"
+            );
+        }
+        let v = with(base(), "/objective/maxDrainTime", json!("2 m"));
+        assert!(one_problem(v).starts_with("spec.objective.maxDrainTime (\"2 m\")"));
+        let v = with(
+            base(),
+            "/behavior/scaleDown/stabilizationWindow",
+            json!("5min"),
+        );
+        assert!(one_problem(v).starts_with("spec.behavior.scaleDown.stabilizationWindow"));
+        let v = with(base(), "/behavior/scaleToZeroCooldown", json!("-5m"));
+        assert!(one_problem(v).starts_with("spec.behavior.scaleToZeroCooldown"));
+    }
+
+    #[test]
+    fn durations_out_of_range() {
+        let cases = [
+            (
+                "/behavior/pollInterval",
+                "999ms",
+                "spec.behavior.pollInterval (\"999ms\") must be between 1s and 1h",
+            ),
+            (
+                "/behavior/pollInterval",
+                "1h1s",
+                "spec.behavior.pollInterval (\"1h1s\") must be between 1s and 1h",
+            ),
+            (
+                "/behavior/scaleUp/stabilizationWindow",
+                "61m",
+                "spec.behavior.scaleUp.stabilizationWindow (\"61m\") must be at most 1h",
+            ),
+            (
+                "/behavior/scaleDown/stabilizationWindow",
+                "2h",
+                "spec.behavior.scaleDown.stabilizationWindow (\"2h\") must be at most 1h",
+            ),
+            (
+                "/objective/maxDrainTime",
+                "500ms",
+                "spec.objective.maxDrainTime (\"500ms\") must be at least 1s",
+            ),
+        ];
+        for (ptr, value, want) in cases {
+            assert_eq!(one_problem(with(base(), ptr, json!(value))), want);
+        }
+        // The edges are allowed.
+        for (ptr, value) in [
+            ("/behavior/pollInterval", "1s"),
+            ("/behavior/pollInterval", "1h"),
+            ("/behavior/pollInterval", "59m60s"),
+            ("/behavior/scaleDown/stabilizationWindow", "0s"),
+            ("/behavior/scaleDown/stabilizationWindow", "1h"),
+            ("/objective/maxDrainTime", "1s"),
+            ("/behavior/scaleToZeroCooldown", "0s"),
+        ] {
+            validate(&spec(with(base(), ptr, json!(value))))
+                .unwrap_or_else(|e| panic!("{ptr}={value}: {e}"));
+        }
+    }
+
+    #[test]
+    fn steps_and_activation() {
+        let v = with(base(), "/behavior/scaleUp/maxStep", json!(0));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.scaleUp.maxStep (0) must be at least 1"
+        );
+        let v = with(base(), "/behavior/scaleDown/maxStep", json!(-2));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.scaleDown.maxStep (-2) must be at least 1"
+        );
+        let v = with(base(), "/behavior/activationBacklog", json!(-1));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.activationBacklog (-1) must be at least 0"
+        );
+    }
+
+    #[test]
+    fn credentials_in_url_are_refused_and_not_echoed() {
+        for url in [
+            "http://guest:s3cr3t@rabbitmq:15672",
+            "https://admin@rabbitmq:15671",
+            "http://:s3cr3t@rabbitmq",
+        ] {
+            let v = with(base(), "/source/rabbitmq/managementUrl", json!(url));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with("spec.source.rabbitmq.managementUrl must not contain credentials"),
+                "{p}"
+            );
+            assert!(p.contains("use credentialsSecretRef"), "{p}");
+            assert!(
+                !p.contains("s3cr3t") && !p.contains("guest") && !p.contains("admin"),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_urls() {
+        for (url, want) in [
+            ("ftp://rabbitmq", "must be an http:// or https:// URL"),
+            ("rabbitmq:15672", "must be an http:// or https:// URL"),
+            ("HTTP://rabbitmq", "must be an http:// or https:// URL"),
+            ("", "must not be empty"),
+            ("http://", "is not a valid URL"),
+            ("http://rabbit mq:15672", "is not a valid URL"),
+        ] {
+            let v = with(base(), "/source/rabbitmq/managementUrl", json!(url));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with(&format!("spec.source.rabbitmq.managementUrl {want}")),
+                "{url:?}: {p}"
+            );
+        }
+        for ok in [
+            "http://10.0.0.1:15672",
+            "https://rmq.example/prefix/",
+            "http://[::1]:15672",
+        ] {
+            validate(&spec(with(
+                base(),
+                "/source/rabbitmq/managementUrl",
+                json!(ok),
+            )))
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn empty_rabbitmq_fields() {
+        let v = with(base(), "/source/rabbitmq/vhost", json!(""));
+        let v = with(v, "/source/rabbitmq/queue", json!(""));
+        let v = with(v, "/source/rabbitmq/credentialsSecretRef/name", json!(""));
+        let v = with(
+            v,
+            "/source/rabbitmq/credentialsSecretRef/usernameKey",
+            json!(""),
+        );
+        let v = with(
+            v,
+            "/source/rabbitmq/credentialsSecretRef/passwordKey",
+            json!(""),
+        );
+        assert_eq!(
+            problems(v),
+            [
+                "spec.source.rabbitmq.vhost must not be empty",
+                "spec.source.rabbitmq.queue must not be empty",
+                "spec.source.rabbitmq.credentialsSecretRef.name must not be empty",
+                "spec.source.rabbitmq.credentialsSecretRef.usernameKey must not be empty",
+                "spec.source.rabbitmq.credentialsSecretRef.passwordKey must not be empty",
+            ]
+        );
+        let v = with(base(), "/source/rabbitmq/queue", json!("q".repeat(256)));
+        assert!(one_problem(v).starts_with("spec.source.rabbitmq.queue is 256 characters long"));
+    }
+
+    #[test]
+    fn empty_target() {
+        let v = with(base(), "/scaleTargetRef/name", json!(""));
+        assert_eq!(one_problem(v), "spec.scaleTargetRef.name must not be empty");
+    }
+
+    #[test]
+    fn fallback_rules() {
+        let v = with(base(), "/fallback", json!({"mode": "Fixed"}));
+        assert_eq!(
+            one_problem(v),
+            "spec.fallback.replicas is required when spec.fallback.mode is Fixed"
+        );
+        let v = with(
+            base(),
+            "/fallback",
+            json!({"mode": "Fixed", "replicas": 11}),
+        );
+        assert_eq!(
+            one_problem(v),
+            "spec.fallback.replicas (11) must lie within [spec.minReplicas, spec.maxReplicas] ([1, 10])"
+        );
+        let v = with(base(), "/fallback", json!({"mode": "Fixed", "replicas": 0}));
+        assert!(one_problem(v).starts_with("spec.fallback.replicas (0) must lie within"));
+        let v = with(
+            base(),
+            "/fallback",
+            json!({"mode": "Fixed", "replicas": 4, "afterFailures": 0}),
+        );
+        assert_eq!(
+            one_problem(v),
+            "spec.fallback.afterFailures (0) must be at least 1"
+        );
+        let v = with(
+            base(),
+            "/fallback",
+            json!({"mode": "Fixed", "replicas": 4, "afterFailures": 1}),
+        );
+        assert_eq!(
+            validate(&spec(v)).expect("valid").policy.fallback,
+            Fallback::Fixed {
+                replicas: 4,
+                after_failures: 1
+            }
+        );
+        let v = with(base(), "/fallback", json!({}));
+        assert_eq!(
+            validate(&spec(v)).expect("valid").policy.fallback,
+            Fallback::Hold
+        );
+    }
+
+    #[test]
+    fn all_problems_are_collected() {
+        let v = with(base(), "/minReplicas", json!(5));
+        let v = with(v, "/maxReplicas", json!(3));
+        let v = with(v, "/source", json!({}));
+        let v = with(v, "/objective/backlogPerReplica", json!(0));
+        let v = with(v, "/behavior/pollInterval", json!("5x"));
+        let v = with(v, "/fallback", json!({"mode": "Fixed"}));
+        let p = problems(v);
+        assert_eq!(p.len(), 5, "{p:?}");
+        let err = validate(&spec(with(base(), "/minReplicas", json!(-1)))).expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid spec: spec.minReplicas (-1) must be at least 0"
+        );
+    }
+
+    #[test]
+    fn parse_duration_table() {
+        let ok: &[(&str, Duration)] = &[
+            ("0s", Duration::ZERO),
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            ("1m30s", Duration::from_secs(90)),
+            ("2h", Duration::from_secs(7200)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.25m", Duration::from_secs(15)),
+            ("1h2m3s4ms", Duration::from_millis(3_723_004)),
+            ("1.5ms", Duration::from_micros(1500)),
+            ("90s", Duration::from_secs(90)),
+            ("1s1s", Duration::from_secs(2)),
+            ("007s", Duration::from_secs(7)),
+            ("0.000000001s", Duration::from_nanos(1)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_duration(s), Ok(*want), "{s}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("5x", "unknown unit \"x\""),
+            ("5us", "unknown unit \"us\""),
+            ("-1s", "negative"),
+            ("+1s", "signs"),
+            ("1 m", "spaces"),
+            (" 1m", "spaces"),
+            ("1m ", "spaces"),
+            ("5", "missing unit"),
+            ("1.s", "decimal point"),
+            (".5s", "expected a number"),
+            ("s", "unexpected \"s\""),
+            ("1sec", "unexpected \"ec\""),
+            ("1h-5m", "negative"),
+            ("99999999999999999999999999999h", "too large"),
+            ("9999999999999999999h", "too large"),
+        ];
+        for (s, want) in bad {
+            let err = parse_duration(s).expect_err(s);
+            assert!(err.contains(want), "{s:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn format_duration_table() {
+        for (d, want) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_millis(3_723_004), "1h2m3.004s"),
+        ] {
+            assert_eq!(format_duration(d), want);
+            assert_eq!(parse_duration(want), Ok(d), "round trip {want}");
+        }
+    }
 }
