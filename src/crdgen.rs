@@ -202,8 +202,14 @@ mod tests {
                     json!("amqp://rabbitmq:5672"),
                 ),
             ),
-            ("empty queue", with("/spec/source/rabbitmq/queue", json!(""))),
-            ("target without name", with("/spec/scaleTargetRef/name", Value::Null)),
+            (
+                "empty queue",
+                with("/spec/source/rabbitmq/queue", json!("")),
+            ),
+            (
+                "target without name",
+                with("/spec/scaleTargetRef/name", Value::Null),
+            ),
         ];
         for (what, obj) in cases {
             let errors = admission_errors(&obj);
@@ -215,7 +221,9 @@ mod tests {
     fn cel_messages_are_clear() {
         let errors = admission_errors(&with("/spec/minReplicas", json!(11)));
         assert!(
-            errors.iter().any(|e| e.contains("minReplicas must not exceed maxReplicas")),
+            errors
+                .iter()
+                .any(|e| e.contains("minReplicas must not exceed maxReplicas")),
             "{errors:?}"
         );
         let errors = admission_errors(&with("/spec/source", json!({})));

@@ -387,6 +387,20 @@ fn check_target(t: &ScaleTargetRef, p: &mut Problems) {
 }
 
 fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSource> {
+    if !spec.source.unsupported.is_empty() {
+        let names: Vec<&str> = spec.source.unsupported.keys().map(String::as_str).collect();
+        let set = usize::from(spec.source.rabbitmq.is_some()) + names.len();
+        p.add(format!(
+            "spec.source: {} not supported by this version of nerite (supported: {SUPPORTED_SOURCES}){}",
+            names.join(", "),
+            if set > 1 {
+                format!("; exactly one source must be set, found {set}")
+            } else {
+                String::new()
+            }
+        ));
+        return None;
+    }
     let Some(r) = spec.source.rabbitmq.as_ref() else {
         p.add(format!(
             "spec.source: exactly one source must be set (supported: {SUPPORTED_SOURCES})"
@@ -700,6 +714,19 @@ mod tests {
         let p = one_problem(v);
         assert!(p.starts_with("spec.source: exactly one source"), "{p}");
         assert!(p.contains("supported: rabbitmq"), "{p}");
+    }
+
+    #[test]
+    fn two_sources_or_an_unsupported_one() {
+        let mut v = base();
+        v["source"]["kafka"] = json!({"topic": "t"});
+        let p = one_problem(v);
+        assert!(p.contains("kafka not supported"), "{p}");
+        assert!(p.contains("exactly one source must be set, found 2"), "{p}");
+        let v = with(base(), "/source", json!({"sqs": {"queueUrl": "u"}}));
+        let p = one_problem(v);
+        assert!(p.contains("sqs not supported"), "{p}");
+        assert!(!p.contains("found"), "{p}");
     }
 
     #[test]

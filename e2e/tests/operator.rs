@@ -16,48 +16,63 @@ const NS: &str = "shop";
 pub fn trials(env: &Env) -> Vec<Trial> {
     let mut trials = Vec::new();
     let e = env.clone();
-    trials.push(Trial::test("operator::scales_up_and_down_with_the_backlog", move || {
-        run(async move {
-            let rabbit = e.rabbitmq()?;
-            let cluster = Cluster::fake(true).await?;
-            scale_up_and_down(&cluster, &rabbit, "orders").await
-        })
-    }));
-    trials.push(Trial::test("operator::holds_the_count_while_the_broker_is_down", move || {
-        run(async move {
-            let rabbit = Arc::new(blocking(RabbitMq::start).await??);
-            let cluster = Cluster::fake(true).await?;
-            broker_outage(&cluster, &rabbit).await
-        })
-    }));
+    trials.push(Trial::test(
+        "operator::scales_up_and_down_with_the_backlog",
+        move || {
+            run(async move {
+                let rabbit = e.rabbitmq()?;
+                let cluster = Cluster::fake(true).await?;
+                scale_up_and_down(&cluster, &rabbit, "orders").await
+            })
+        },
+    ));
+    trials.push(Trial::test(
+        "operator::holds_the_count_while_the_broker_is_down",
+        move || {
+            run(async move {
+                let rabbit = Arc::new(blocking(RabbitMq::start).await??);
+                let cluster = Cluster::fake(true).await?;
+                broker_outage(&cluster, &rabbit).await
+            })
+        },
+    ));
     let e = env.clone();
-    trials.push(Trial::test("operator::bad_inputs_get_clear_conditions", move || {
-        run(async move {
-            let rabbit = e.rabbitmq()?;
-            let cluster = Cluster::fake(false).await?;
-            bad_inputs(&cluster, &rabbit).await
-        })
-    }));
-    trials.push(Trial::test("operator::api_server_refuses_invalid_specs", move || {
-        run(async move {
-            let cluster = Cluster::fake(true).await?;
-            admission(&cluster).await
-        })
-    }));
+    trials.push(Trial::test(
+        "operator::bad_inputs_get_clear_conditions",
+        move || {
+            run(async move {
+                let rabbit = e.rabbitmq()?;
+                let cluster = Cluster::fake(false).await?;
+                bad_inputs(&cluster, &rabbit).await
+            })
+        },
+    ));
+    trials.push(Trial::test(
+        "operator::api_server_refuses_invalid_specs",
+        move || {
+            run(async move {
+                let cluster = Cluster::fake(true).await?;
+                admission(&cluster).await
+            })
+        },
+    ));
     // The same scaling trial against a real cluster (kind, ...), when one is named.
     let e = env.clone();
     let real = std::env::var("NERITE_E2E_KUBECONFIG").ok();
     trials.push(
-        Trial::test("operator::real_cluster::scales_up_and_down_with_the_backlog", move || {
-            let Some(kubeconfig) = real.clone() else {
-                return Ok(());
-            };
-            run(async move {
-                let rabbit = e.rabbitmq()?;
-                let cluster = Cluster::real(&kubeconfig).await?;
-                scale_up_and_down(&cluster, &rabbit, "orders-real").await
-            })
-        })
+        Trial::test(
+            "operator::real_cluster::scales_up_and_down_with_the_backlog",
+            move || {
+                let Some(kubeconfig) = real.clone() else {
+                    return Ok(());
+                };
+                run(async move {
+                    let rabbit = e.rabbitmq()?;
+                    let cluster = Cluster::real(&kubeconfig).await?;
+                    scale_up_and_down(&cluster, &rabbit, "orders-real").await
+                })
+            },
+        )
         .with_ignored_flag(std::env::var("NERITE_E2E_KUBECONFIG").is_err()),
     );
     trials
@@ -97,7 +112,11 @@ fn spec(rabbit: &RabbitMq, deployment: &str, queue: &str, secret: &str) -> Value
 
 /// Publish 1,000 → 10 replicas with the reason explained; drain → back to min after the
 /// (shortened) scale-down window.
-async fn scale_up_and_down(cluster: &Cluster, rabbit: &Arc<RabbitMq>, queue: &str) -> Result<(), String> {
+async fn scale_up_and_down(
+    cluster: &Cluster,
+    rabbit: &Arc<RabbitMq>,
+    queue: &str,
+) -> Result<(), String> {
     let ns = NS;
     cluster.namespace(ns).await?;
     cluster.secret(ns, "rabbit-creds", "guest", "guest").await?;
@@ -106,18 +125,32 @@ async fn scale_up_and_down(cluster: &Cluster, rabbit: &Arc<RabbitMq>, queue: &st
     let q = queue.to_string();
     blocking(move || r.declare_queue("/", &q)).await??;
     cluster
-        .scaled_consumer(ns, "orders", spec(rabbit, "orders-consumer", queue, "rabbit-creds"))
+        .scaled_consumer(
+            ns,
+            "orders",
+            spec(rabbit, "orders-consumer", queue, "rabbit-creds"),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let _operator = cluster.start_operator(ns);
 
     // Idle queue: ready, at min.
-    eventually("Ready=True on an idle queue", Duration::from_secs(30), || async {
-        let s = cluster.status(ns, "orders").await?;
-        Ok(condition(&s, "Ready").filter(|c| c.status == "True").map(|_| ()))
-    })
+    eventually(
+        "Ready=True on an idle queue",
+        Duration::from_secs(30),
+        || async {
+            let s = cluster.status(ns, "orders").await?;
+            Ok(condition(&s, "Ready")
+                .filter(|c| c.status == "True")
+                .map(|_| ()))
+        },
+    )
     .await?;
-    assert_eq_or(cluster.replicas(ns, "orders-consumer").await?, 1, "idle replicas")?;
+    assert_eq_or(
+        cluster.replicas(ns, "orders-consumer").await?,
+        1,
+        "idle replicas",
+    )?;
 
     let r = rabbit.clone();
     let q = queue.to_string();
@@ -126,14 +159,18 @@ async fn scale_up_and_down(cluster: &Cluster, rabbit: &Arc<RabbitMq>, queue: &st
     // When the broker's statistics show the burst (what nerite can see at the earliest).
     let r = rabbit.clone();
     let q = queue.to_string();
-    let stats_seen = eventually("management stats to show 1000", Duration::from_secs(30), || {
-        let r = r.clone();
-        let q = q.clone();
-        async move {
-            let depth = blocking(move || r.queue_depth("/", &q)).await??;
-            Ok((depth >= 1000).then(Instant::now))
-        }
-    })
+    let stats_seen = eventually(
+        "management stats to show 1000",
+        Duration::from_secs(30),
+        || {
+            let r = r.clone();
+            let q = q.clone();
+            async move {
+                let depth = blocking(move || r.queue_depth("/", &q)).await??;
+                Ok((depth >= 1000).then(Instant::now))
+            }
+        },
+    )
     .await?;
     let scaled = eventually("scale to 10", Duration::from_secs(30), || async {
         let n = cluster.replicas(ns, "orders-consumer").await?;
@@ -145,10 +182,14 @@ async fn scale_up_and_down(cluster: &Cluster, rabbit: &Arc<RabbitMq>, queue: &st
         stats_seen.duration_since(published).as_secs_f64(),
         scaled.saturating_duration_since(stats_seen).as_secs_f64()
     );
-    let s = eventually("status to explain the scale-up", Duration::from_secs(10), || async {
-        let s = cluster.status(ns, "orders").await?;
-        Ok((s.desired_replicas == Some(10)).then_some(s))
-    })
+    let s = eventually(
+        "status to explain the scale-up",
+        Duration::from_secs(10),
+        || async {
+            let s = cluster.status(ns, "orders").await?;
+            Ok((s.desired_replicas == Some(10)).then_some(s))
+        },
+    )
     .await?;
     let reason = s.reason.clone().unwrap_or_default();
     if !(reason.contains("1000") && reason.contains("10")) {
@@ -156,7 +197,9 @@ async fn scale_up_and_down(cluster: &Cluster, rabbit: &Arc<RabbitMq>, queue: &st
     }
     let limited = condition(&s, "ScalingLimited").ok_or("no ScalingLimited condition")?;
     if limited.status != "True" || limited.reason != "AtMaxReplicas" {
-        return Err(format!("expected ScalingLimited=True/AtMaxReplicas, got {limited:?}"));
+        return Err(format!(
+            "expected ScalingLimited=True/AtMaxReplicas, got {limited:?}"
+        ));
     }
     let events = cluster.events_for(ns, "orders").await?;
     if !events.iter().any(|e| e.reason.as_deref() == Some("Scaled")) {
@@ -177,7 +220,10 @@ async fn scale_up_and_down(cluster: &Cluster, rabbit: &Arc<RabbitMq>, queue: &st
     if took < Duration::from_secs(4) {
         return Err(format!("scaled down after {took:?}, before the 5s window"));
     }
-    println!("  scaled down {:.1}s after the purge (window 5s)", took.as_secs_f64());
+    println!(
+        "  scaled down {:.1}s after the purge (window 5s)",
+        took.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -216,25 +262,36 @@ async fn broker_outage(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), 
     if c.message.contains("guest:guest") {
         return Err("credentials leaked into the condition".into());
     }
-    assert_eq_or(cluster.replicas(ns, "worker").await?, 5, "replicas during the outage")?;
+    assert_eq_or(
+        cluster.replicas(ns, "worker").await?,
+        5,
+        "replicas during the outage",
+    )?;
     let events = cluster.events_for(ns, "jobs").await?;
-    if !events
-        .iter()
-        .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("Unreachable"))
-    {
+    if !events.iter().any(|e| {
+        e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("Unreachable")
+    }) {
         return Err(format!("no Warning/Unreachable event: {events:?}"));
     }
 
     let r = rabbit.clone();
     blocking(move || r.start_again()).await??;
-    eventually("SourceReachable=True after restart", Duration::from_secs(60), || async {
-        let s = cluster.status(ns, "jobs").await?;
-        Ok(condition(&s, "SourceReachable")
-            .filter(|c| c.status == "True")
-            .map(|_| ()))
-    })
+    eventually(
+        "SourceReachable=True after restart",
+        Duration::from_secs(60),
+        || async {
+            let s = cluster.status(ns, "jobs").await?;
+            Ok(condition(&s, "SourceReachable")
+                .filter(|c| c.status == "True")
+                .map(|_| ()))
+        },
+    )
     .await?;
-    assert_eq_or(cluster.replicas(ns, "worker").await?, 5, "replicas after recovery")?;
+    assert_eq_or(
+        cluster.replicas(ns, "worker").await?,
+        5,
+        "replicas after recovery",
+    )?;
     Ok(())
 }
 
@@ -243,7 +300,9 @@ async fn bad_inputs(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), Str
     let ns = "bad";
     cluster.namespace(ns).await?;
     cluster.secret(ns, "good", "guest", "guest").await?;
-    cluster.secret(ns, "wrong-password", "guest", "not-the-password").await?;
+    cluster
+        .secret(ns, "wrong-password", "guest", "not-the-password")
+        .await?;
     for d in ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "healthy"] {
         cluster.deployment(ns, d, 1).await?;
     }
@@ -292,8 +351,14 @@ async fn bad_inputs(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), Str
     not_scalable["scaleTargetRef"] = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "w5"});
     cases.push(("not-scalable", not_scalable, "Ready", "TargetNotScalable"));
     let mut unresolvable = good("w6");
-    unresolvable["source"]["rabbitmq"]["managementUrl"] = json!("http://rabbitmq.nonexistent.invalid:15672");
-    cases.push(("unresolvable-host", unresolvable, "SourceReachable", "HostNotFound"));
+    unresolvable["source"]["rabbitmq"]["managementUrl"] =
+        json!("http://rabbitmq.nonexistent.invalid:15672");
+    cases.push((
+        "unresolvable-host",
+        unresolvable,
+        "SourceReachable",
+        "HostNotFound",
+    ));
 
     for (name, spec, _, _) in &cases {
         cluster.raw_scaled_consumer(ns, name, spec.clone()).await?;
@@ -304,9 +369,11 @@ async fn bad_inputs(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), Str
         .map_err(|e| e.to_string())?;
     let _operator = cluster.start_operator(ns);
 
-    eventually("the healthy object to scale to 3", Duration::from_secs(40), || async {
-        Ok((cluster.replicas(ns, "healthy").await? == 3).then_some(()))
-    })
+    eventually(
+        "the healthy object to scale to 3",
+        Duration::from_secs(40),
+        || async { Ok((cluster.replicas(ns, "healthy").await? == 3).then_some(())) },
+    )
     .await?;
     for (name, _, type_, reason) in &cases {
         let c = eventually(
@@ -321,13 +388,17 @@ async fn bad_inputs(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), Str
         )
         .await?;
         if c.message.is_empty() || c.message.contains("not-the-password") {
-            return Err(format!("{name}: unclear or leaking message {:?}", c.message));
+            return Err(format!(
+                "{name}: unclear or leaking message {:?}",
+                c.message
+            ));
         }
         println!("  {name}: {type_}=False {reason}: {}", c.message);
         let events = cluster.events_for(ns, name).await?;
-        if !events.iter().any(|e| {
-            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(*reason)
-        }) {
+        if !events
+            .iter()
+            .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(*reason))
+        {
             return Err(format!("{name}: no Warning event with reason {reason}"));
         }
     }
@@ -351,7 +422,10 @@ async fn admission(cluster: &Cluster) -> Result<(), String> {
     });
     match cluster.scaled_consumer(ns, "bad", spec).await {
         Err(kube::Error::Api(s)) if s.code == 422 => {
-            if !s.message.contains("minReplicas must not exceed maxReplicas") {
+            if !s
+                .message
+                .contains("minReplicas must not exceed maxReplicas")
+            {
                 return Err(format!("422 without the rule's message: {}", s.message));
             }
             Ok(())

@@ -54,10 +54,9 @@ impl Cluster {
         let client = nerite::client::connect(Some(std::path::Path::new(kubeconfig)))
             .await
             .map_err(|e| e.to_string())?;
-        let crd: Value = serde_yaml::from_str(
-            &nerite::crdgen::crd_yaml().map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
+        let crd: Value =
+            serde_yaml::from_str(&nerite::crdgen::crd_yaml().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             Api::all(client.clone());
         api.patch(
@@ -106,14 +105,23 @@ impl Cluster {
         }
     }
 
-    pub async fn secret(&self, ns: &str, name: &str, user: &str, password: &str) -> Result<(), String> {
+    pub async fn secret(
+        &self,
+        ns: &str,
+        name: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(), String> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let mut s = Secret::default();
         s.metadata.name = Some(name.to_string());
         s.data = Some(
             [
                 ("username".to_string(), ByteString(user.as_bytes().to_vec())),
-                ("password".to_string(), ByteString(password.as_bytes().to_vec())),
+                (
+                    "password".to_string(),
+                    ByteString(password.as_bytes().to_vec()),
+                ),
             ]
             .into(),
         );
@@ -151,7 +159,12 @@ impl Cluster {
     }
 
     /// Create a ScaledConsumer from JSON (fields under `spec`).
-    pub async fn scaled_consumer(&self, ns: &str, name: &str, spec: Value) -> Result<(), kube::Error> {
+    pub async fn scaled_consumer(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: Value,
+    ) -> Result<(), kube::Error> {
         let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), ns);
         let obj: ScaledConsumer = serde_json::from_value(json!({
             "apiVersion": "nerite.dev/v1alpha1",
@@ -164,7 +177,12 @@ impl Cluster {
     }
 
     /// Create an object the Rust type would not even express (raw JSON), for bad-input trials.
-    pub async fn raw_scaled_consumer(&self, ns: &str, name: &str, spec: Value) -> Result<(), String> {
+    pub async fn raw_scaled_consumer(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: Value,
+    ) -> Result<(), String> {
         let ar = kube::core::ApiResource::erase::<ScaledConsumer>(&());
         let api: Api<kube::core::DynamicObject> =
             Api::namespaced_with(self.client.clone(), ns, &ar);
@@ -231,7 +249,10 @@ impl Drop for Operator {
 }
 
 /// The condition of that type, if any.
-pub fn condition<'a>(s: &'a ScaledConsumerStatus, type_: &str) -> Option<&'a nerite::api::Condition> {
+pub fn condition<'a>(
+    s: &'a ScaledConsumerStatus,
+    type_: &str,
+) -> Option<&'a nerite::api::Condition> {
     s.conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -250,14 +271,18 @@ where
             Err(e) => last = e,
         }
         if start.elapsed() > timeout {
-            return Err(format!("timed out after {timeout:?} waiting for {what}: {last}"));
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}: {last}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Run blocking broker helpers off the async runtime.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("helper task failed: {e}"))
