@@ -469,6 +469,7 @@ fn classify_transport(
     }
     let detail = scrub(error_chain(e), credentials);
     let mut dns = false;
+    let mut closed = false;
     let mut io_kind = None;
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -484,6 +485,11 @@ fn classify_transport(
         let text = c.to_string();
         if text.starts_with("dns error") || text.contains("failed to lookup address") {
             dns = true;
+        }
+        // hyper's wording when a kept-alive connection died under the request (the broker was
+        // killed or restarted): the peer is gone, not misbehaving.
+        if text.contains("connection closed before message completed") {
+            closed = true;
         }
         cause = c.source();
     }
@@ -501,9 +507,11 @@ fn classify_transport(
                 | K::HostUnreachable
                 | K::NetworkUnreachable
                 | K::AddrNotAvailable
+                | K::BrokenPipe
+                | K::UnexpectedEof
         )
     );
-    if e.is_connect() || unreachable_kind {
+    if e.is_connect() || unreachable_kind || closed {
         SourceError::Unreachable { endpoint, detail }
     } else {
         SourceError::Protocol { endpoint, detail }
@@ -794,6 +802,26 @@ mod tests {
         let e = api
             .observe(&target(&format!("http://127.0.0.1:{port}")))
             .await;
+        assert!(matches!(e, Err(SourceError::Unreachable { .. })), "{e:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn connection_dropped_without_answer_is_unreachable() -> Result<(), std::io::Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                if let Ok((socket, _)) = listener.accept().await {
+                    drop(socket);
+                }
+            }
+        });
+        let api = ManagementApi::new(Duration::from_secs(2));
+        let e = api
+            .observe(&target(&format!("http://127.0.0.1:{port}")))
+            .await;
+        server.abort();
         assert!(matches!(e, Err(SourceError::Unreachable { .. })), "{e:?}");
         Ok(())
     }
