@@ -16,11 +16,14 @@
 # so tests see new queue depths within one to two seconds.
 #
 # Environment: NERITE_CACHE (default $HOME/.cache/nerite) holds downloaded packages;
-# NERITE_RABBITMQ_START_TIMEOUT (default 60) is the readiness deadline in seconds.
+# NERITE_RABBITMQ_START_TIMEOUT (default 60) is the readiness deadline in seconds;
+# NERITE_RABBITMQ_OWNER_PID, when set, is a process whose exit stops the broker (so a test run
+# that is killed does not leave brokers behind).
 
 set -euo pipefail
 
 RABBIT_BIN=/usr/lib/rabbitmq/bin
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 CACHE="${NERITE_CACHE:-${HOME:-/root}/.cache/nerite}"
 START_TIMEOUT="${NERITE_RABBITMQ_START_TIMEOUT:-60}"
 
@@ -206,6 +209,16 @@ EOF
     local wrapper=$!
     echo "$wrapper" >"$dir/wrapper.pid"
 
+    local owner="${NERITE_RABBITMQ_OWNER_PID:-}"
+    if [ -n "$owner" ]; then
+        pid_alive "$owner" || die "owner process $owner is not running"
+        # Polls /proc: the owner is gone when its entry is, or when it is a zombie.
+        # shellcheck disable=SC2016
+        setsid bash -c 'while [ -e "/proc/$1" ] && [ "$(cut -d" " -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; do sleep 1; done; exec bash "$2" stop "$3"' \
+            nerite-rabbitmq-watchdog "$owner" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
+        echo $! >"$dir/watchdog.pid"
+    fi
+
     local deadline=$((started + START_TIMEOUT)) ready=""
     while [ "$(date +%s)" -lt "$deadline" ]; do
         if ! pid_alive "$wrapper"; then
@@ -232,17 +245,22 @@ EOF
         "management http://127.0.0.1:$MGMT_PORT, pid $(read_pid "$RABBITMQ_PID_FILE")" >&2
 }
 
+# Kill the process in FILE if it still runs and its command line mentions WHAT (a pid file left
+# by a process that died on its own may name an unrelated process by now).
 kill_pid_file() {
-    local file=$1 pid
+    local file=$1 what=$2 pid cmd
     pid=$(read_pid "$file")
     if pid_alive "$pid"; then
-        kill -KILL "$pid" 2>/dev/null || true
-        # Wait until it is gone so a restart on the same ports does not race it.
-        local i
-        for i in $(seq 1 50); do
-            pid_alive "$pid" || break
-            [ "$i" -lt 50 ] && sleep 0.1
-        done
+        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+        if [[ "$cmd" == *"$what"* ]]; then
+            kill -KILL "$pid" 2>/dev/null || true
+            # Wait until it is gone so a restart on the same ports does not race it.
+            local i
+            for i in $(seq 1 50); do
+                pid_alive "$pid" || break
+                sleep 0.1
+            done
+        fi
     fi
     rm -f "$file"
 }
@@ -252,9 +270,15 @@ cmd_stop() {
     local dir=$1
     [ -d "$dir" ] || return 0
     dir=$(cd "$dir" && pwd)
-    kill_pid_file "$dir/rabbitmq.pid"
-    kill_pid_file "$dir/wrapper.pid"
-    kill_pid_file "$dir/epmd.pid"
+    # The watchdog first, unless this is the watchdog (it execs this script to stop).
+    if [ "$(read_pid "$dir/watchdog.pid")" = "$$" ]; then
+        rm -f "$dir/watchdog.pid"
+    else
+        kill_pid_file "$dir/watchdog.pid" watchdog
+    fi
+    kill_pid_file "$dir/rabbitmq.pid" beam
+    kill_pid_file "$dir/wrapper.pid" rabbitmq-server
+    kill_pid_file "$dir/epmd.pid" epmd
 }
 
 cmd_status() {

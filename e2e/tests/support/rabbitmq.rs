@@ -1,7 +1,7 @@
 //! A throwaway RabbitMQ started through `e2e/rabbitmq.sh`.
 //!
 //! Every instance lives in its own temporary directory on free ports, bound to 127.0.0.1, and is
-//! killed when dropped. The helpers drive the broker through its management API as `guest` (a
+//! killed when dropped (or, failing that, by the script's watchdog when this process exits). The helpers drive the broker through its management API as `guest` (a
 //! blocking client; do not call them from inside an async runtime).
 //!
 //! The helpers serve every area's trials; not each one uses all of them.
@@ -61,6 +61,8 @@ fn run_script(args: &[&str]) -> Result<String, String> {
     let out = Command::new("bash")
         .arg(script())
         .args(args)
+        // Brokers die with this process even when it is killed before `Drop` runs.
+        .env("NERITE_RABBITMQ_OWNER_PID", std::process::id().to_string())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script().display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
