@@ -133,9 +133,11 @@ read_pid() {
 log_tail() {
     local dir=$1 f
     for f in "$dir/server.out" "$dir"/log/*.log; do
-        [ -f "$f" ] || continue
+        [ -s "$f" ] || continue
+        echo "---- errors in $f ----" >&2
+        grep -iE 'error|crash|failed|eaddrinuse|eacces|enoent' "$f" | tail -n 15 >&2 || true
         echo "---- last lines of $f ----" >&2
-        tail -n 40 "$f" >&2
+        tail -n 25 "$f" >&2
     done
 }
 
