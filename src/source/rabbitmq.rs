@@ -136,6 +136,15 @@ impl Source for ManagementApi {
             .get(&client, &endpoint, url, credentials, deadline)
             .await?;
         if status == StatusCode::NOT_FOUND {
+            if api_reason(&body).is_none() {
+                // Not the management API's own 404: the URL points elsewhere.
+                return Err(SourceError::Protocol {
+                    endpoint: endpoint.key.clone(),
+                    detail: "HTTP 404 without the management API's error body; check that the \
+                             URL is the management API's base URL"
+                        .into(),
+                });
+            }
             return Err(self.not_found(&client, &endpoint, target, deadline).await);
         }
         if !status.is_success() {
@@ -823,6 +832,68 @@ mod tests {
             .await;
         server.abort();
         assert!(matches!(e, Err(SourceError::Unreachable { .. })), "{e:?}");
+        Ok(())
+    }
+
+    /// Serve `answer` to every connection, after reading the request head.
+    async fn canned_server(
+        answer: &'static str,
+    ) -> Result<(u16, tokio::task::JoinHandle<()>), std::io::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        Ok((port, task))
+    }
+
+    #[tokio::test]
+    async fn foreign_404_is_not_a_missing_vhost() -> Result<(), std::io::Error> {
+        let (port, server) = canned_server(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot here!",
+        )
+        .await?;
+        let api = ManagementApi::new(Duration::from_secs(2));
+        let e = api
+            .observe(&target(&format!("http://127.0.0.1:{port}/wrong")))
+            .await;
+        server.abort();
+        assert!(matches!(e, Err(SourceError::Protocol { .. })), "{e:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn server_error_and_garbage_are_protocol_errors() -> Result<(), std::io::Error> {
+        for answer in [
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\nconnection: close\r\n\r\n{\"mes",
+            "garbage that is not HTTP\r\n\r\n",
+        ] {
+            let (port, server) = canned_server(answer).await?;
+            let api = ManagementApi::new(Duration::from_secs(2));
+            let e = api
+                .observe(&target(&format!("http://127.0.0.1:{port}")))
+                .await;
+            server.abort();
+            match e {
+                Err(e @ SourceError::Protocol { .. }) => {
+                    assert!(!format!("{e} {e:?}").contains("s3cret-pw"), "{e}");
+                }
+                other => panic!("{answer:?}: {other:?}"),
+            }
+        }
         Ok(())
     }
 
