@@ -34,7 +34,7 @@ deps:
 ## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
 ## scaling live.
 demo: deps
-	$(CARGO) run -q -p nerite-demo
+	$(CARGO) run -q -p nerite-testkit --bin nerite-demo
 
 clean:
 	$(CARGO) clean

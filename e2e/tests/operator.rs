@@ -166,7 +166,8 @@ async fn scale_up_and_down(
             let r = r.clone();
             let q = q.clone();
             async move {
-                let depth = blocking(move || r.queue_depth("/", &q)).await??;
+                let info = blocking(move || r.queue_info("/", &q)).await??;
+                let depth = info["messages"].as_i64().unwrap_or(0);
                 Ok((depth >= 1000).then(Instant::now))
             }
         },

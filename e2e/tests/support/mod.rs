@@ -1,7 +1,6 @@
 //! Shared fixtures for the end-to-end trials.
 
-pub mod cluster;
-pub mod rabbitmq;
+pub use nerite_testkit::{cluster, rabbitmq};
 
 use std::sync::{Arc, OnceLock};
 

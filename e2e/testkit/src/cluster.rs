@@ -18,8 +18,9 @@ use nerite_fake_apiserver::{FakeApiServer, Handle};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+/// The repository's top directory (this crate lives in `e2e/testkit`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A running API server (fake or real) and a client for it.
@@ -47,6 +48,16 @@ impl Cluster {
             client,
             _server: Some(server),
         })
+    }
+
+    /// The fake API server's URL (`None` for a real cluster).
+    pub fn url(&self) -> Option<String> {
+        self._server.as_ref().map(|s| s.url().to_string())
+    }
+
+    /// A kubeconfig for the fake API server, for kubectl (`None` for a real cluster).
+    pub fn kubeconfig_yaml(&self) -> Option<String> {
+        self._server.as_ref().map(|s| s.kubeconfig_yaml())
     }
 
     /// A real cluster from `NERITE_E2E_KUBECONFIG`, with the CRD applied.

@@ -7,7 +7,6 @@
 //! The helpers serve every area's trials; not each one uses all of them.
 //!
 //! Set `NERITE_KEEP_RABBITMQ=1` to keep the broker's directory (logs) after the run.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -42,7 +41,7 @@ const USER: &str = "guest";
 const PASSWORD: &str = "guest";
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/rabbitmq.sh")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rabbitmq.sh")
 }
 
 /// `n` distinct ports that were free a moment ago (bound to port 0 together, then released).

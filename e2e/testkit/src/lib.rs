@@ -1,0 +1,7 @@
+//! Fixtures shared by nerite's end-to-end suite (`e2e/tests`) and `make demo`: an isolated
+//! RabbitMQ started by `e2e/rabbitmq.sh`, the in-repo fake Kubernetes API server (or a real
+//! cluster), and the operator running in-process against it.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod rabbitmq;
