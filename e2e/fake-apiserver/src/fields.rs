@@ -357,9 +357,7 @@ pub fn apply(
         .unwrap_or_default();
     let mut new = current.clone();
     for p in &previous {
-        let still_applied = applied_leaves
-            .keys()
-            .any(|a| is_prefix(p, a) || is_prefix(a, p));
+        let still_applied = applied_leaves.keys().any(|a| is_prefix(p, a));
         let co_owned = entries
             .iter()
             .filter(|e| !e.same_slot(&w.manager, "Apply", &w.subresource))
