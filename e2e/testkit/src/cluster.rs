@@ -274,7 +274,7 @@ where
     Fut: Future<Output = Result<Option<T>, String>>,
 {
     let start = Instant::now();
-    let mut last = String::from("never checked");
+    let mut last;
     loop {
         match check().await {
             Ok(Some(v)) => return Ok(v),

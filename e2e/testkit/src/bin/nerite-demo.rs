@@ -19,7 +19,10 @@ const DEPLOYMENT: &str = "orders-consumer";
 const PER_REPLICA_RATE: usize = 25;
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("demo: cannot start the async runtime: {e}");
@@ -55,7 +58,9 @@ async fn demo() -> Result<(), String> {
     }
 
     cluster.namespace(NS).await?;
-    cluster.secret(NS, "rabbitmq-monitoring", "guest", "guest").await?;
+    cluster
+        .secret(NS, "rabbitmq-monitoring", "guest", "guest")
+        .await?;
     cluster.deployment(NS, DEPLOYMENT, 1).await?;
     let r = rabbit.clone();
     blocking(move || r.declare_queue("/", QUEUE)).await??;
@@ -80,7 +85,9 @@ async fn demo() -> Result<(), String> {
         "  operator running; ScaledConsumer {NS}/orders: 100 messages per replica, 1..10 replicas, \
          scale-down window 10s"
     );
-    println!("  each replica of {DEPLOYMENT} consumes {PER_REPLICA_RATE} messages/s (played by the demo)\n");
+    println!(
+        "  each replica of {DEPLOYMENT} consumes {PER_REPLICA_RATE} messages/s (played by the demo)\n"
+    );
     println!("{:>5}  {:>7}  {:>8}  reason", "t", "backlog", "replicas");
 
     let start = Instant::now();
@@ -116,9 +123,8 @@ async fn demo() -> Result<(), String> {
             status.reason.unwrap_or_default()
         );
         last_replicas = replicas;
-        let idle = burst_sent
-            && replicas == 1
-            && status.last_observation.is_some_and(|o| o.backlog == 0);
+        let idle =
+            burst_sent && replicas == 1 && status.last_observation.is_some_and(|o| o.backlog == 0);
         match (idle, quiet_since) {
             (true, None) => quiet_since = Some(Instant::now()),
             (true, Some(since)) if since.elapsed() > Duration::from_secs(3) => break,
