@@ -786,7 +786,7 @@ fn server_side_apply(
     scope: Scope,
     name: &str,
 ) -> ApiResult<(Value, bool)> {
-    if !req.query.get("fieldManager").is_some_and(|m| !m.is_empty()) {
+    if req.query.get("fieldManager").is_none_or(|m| m.is_empty()) {
         return Err(ApiError::new(
             422,
             "Invalid",

@@ -388,8 +388,10 @@ async fn server_side_apply_conflicts() -> TestResult {
         err.message
     );
     let patch = json!({"spec": {"replicas": 7}});
-    let mut pp = PatchParams::default();
-    pp.field_manager = Some("kubectl-scale".into());
+    let pp = PatchParams {
+        field_manager: Some("kubectl-scale".into()),
+        ..Default::default()
+    };
     api.patch_scale("web", &pp, &Patch::Merge(&patch)).await?;
     let err = api_error(
         api.patch("web", &PatchParams::apply("kubectl"), &Patch::Apply(&user))
