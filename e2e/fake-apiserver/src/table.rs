@@ -136,11 +136,8 @@ fn cell(obj: &Value, c: &PrinterColumn) -> Value {
         );
     }
     let Some(first) = found.first() else {
-        return if c.type_ == "integer" || c.type_ == "number" {
-            json!(0)
-        } else {
-            json!("")
-        };
+        // Like the real server: no value, no cell content (kubectl shows `<none>`).
+        return Value::Null;
     };
     match (c.type_.as_str(), first) {
         ("date", Value::String(s)) => json!(age(s)),
