@@ -192,7 +192,7 @@ fn resource(
         .is_some_and(|w| w == "true" || w == "1");
     match *method {
         Method::GET if req.name.is_none() && is_watch => {
-            watch::watch(&st.shared, &req, st.shutdown.clone())
+            watch::watch(&st.shared, &req, st.shutdown.clone(), wants_table)
         }
         Method::GET if req.name.is_none() => {
             let list = api::list(&st.shared, &req)?;
