@@ -108,6 +108,11 @@ pub fn present(info: &ResourceInfo, mut obj: Value) -> Value {
 }
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
+    if body.starts_with(b"k8s\0") {
+        return Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf",
+        ));
+    }
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => serde_yaml::from_slice(body)
@@ -781,7 +786,7 @@ fn server_side_apply(
     scope: Scope,
     name: &str,
 ) -> ApiResult<(Value, bool)> {
-    if !req.query.get("fieldManager").is_some_and(|m| !m.is_empty()) {
+    if req.query.get("fieldManager").is_none_or(|m| m.is_empty()) {
         return Err(ApiError::new(
             422,
             "Invalid",

@@ -316,7 +316,8 @@ pub fn apply(
     // Conflicts with other managers that own a field the apply sets to a different value.
     let mut conflicts: Vec<(usize, Path)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        if e.manager == w.manager {
+        // Like the real server, the applier's own `Update` entries can conflict too.
+        if e.same_slot(&w.manager, "Apply", &w.subresource) {
             continue;
         }
         for owned in &e.fields {

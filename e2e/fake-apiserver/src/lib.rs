@@ -23,6 +23,7 @@ mod api;
 mod discovery;
 mod error;
 mod fields;
+mod openapi;
 mod resources;
 mod routes;
 mod schema;
@@ -131,6 +132,7 @@ impl Builder {
     /// Start serving on the current tokio runtime.
     pub async fn start(self) -> Result<Handle, Error> {
         let shared: Shared = Arc::new(Mutex::new(Store::new(self.config.clone())));
+        seed_namespaces(&shared)?;
         for dir in &self.crd_dirs {
             register_crds_in_dir(&shared, dir)?;
         }
@@ -271,6 +273,28 @@ pub fn kubeconfig_yaml(url: &str) -> String {
          contexts:\n- name: nerite-fake\n  context:\n    cluster: nerite-fake\n    user: nerite-fake\n    namespace: default\n\
          current-context: nerite-fake\nusers:\n- name: nerite-fake\n  user: {{}}\npreferences: {{}}\n"
     )
+}
+
+/// The namespaces every cluster has. Others need not exist to be used.
+fn seed_namespaces(shared: &Shared) -> Result<(), Error> {
+    let info = api::lock(shared)
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not served"))?;
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        let req = api::Request {
+            info: info.clone(),
+            namespace: None,
+            name: None,
+            sub: None,
+            query: HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]),
+            content_type: "application/json".into(),
+            user_agent: String::new(),
+            body: body.to_string().into_bytes(),
+        };
+        api::create(shared, &req)?;
+    }
+    Ok(())
 }
 
 fn register_crds_in_dir(shared: &Shared, dir: &Path) -> Result<(), Error> {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::api::{self, Request, Shared, lock};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
+use crate::openapi;
 use crate::table;
 use crate::watch;
 
@@ -107,6 +108,15 @@ fn route(
                 .ok_or_else(not_found)?;
             read_only(list)
         }
+        ["openapi", "v3"] => read_only(openapi::root(&lock(&st.shared))),
+        ["openapi", "v3", "api", version] => {
+            let doc = openapi::document(&lock(&st.shared), "", version).ok_or_else(not_found)?;
+            read_only(doc)
+        }
+        ["openapi", "v3", "apis", group, version] => {
+            let doc = openapi::document(&lock(&st.shared), group, version).ok_or_else(not_found)?;
+            read_only(doc)
+        }
         ["api", "v1", rest @ ..] => resource(st, method, uri, headers, body, "", "v1", rest),
         ["apis", group, version, rest @ ..] => {
             resource(st, method, uri, headers, body, group, version, rest)
@@ -169,6 +179,12 @@ fn resource(
         user_agent: header_str(headers, header::USER_AGENT),
         body: body.to_vec(),
     };
+    let binary = ["protobuf", "cbor"]
+        .iter()
+        .any(|b| req.content_type.contains(b));
+    if binary && !req.body.is_empty() {
+        return Err(ApiError::unsupported_media_type(&req.content_type));
+    }
     let wants_table = header_str(headers, header::ACCEPT).contains("as=Table");
     let is_watch = req
         .query
@@ -176,7 +192,7 @@ fn resource(
         .is_some_and(|w| w == "true" || w == "1");
     match *method {
         Method::GET if req.name.is_none() && is_watch => {
-            watch::watch(&st.shared, &req, st.shutdown.clone())
+            watch::watch(&st.shared, &req, st.shutdown.clone(), wants_table)
         }
         Method::GET if req.name.is_none() => {
             let list = api::list(&st.shared, &req)?;

@@ -87,10 +87,7 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
                     .filter(|item| {
                         json_path(item, &format!(".{key}"))
                             .first()
-                            .is_some_and(|v| match v {
-                                Value::String(s) => s == want,
-                                other => other.to_string() == want,
-                            })
+                            .is_some_and(|v| scalar_text(v) == want)
                     })
                     .collect();
             } else {
@@ -101,6 +98,13 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
         }
     }
     current
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn age(ts: &str) -> String {
@@ -132,11 +136,8 @@ fn cell(obj: &Value, c: &PrinterColumn) -> Value {
         );
     }
     let Some(first) = found.first() else {
-        return if c.type_ == "integer" || c.type_ == "number" {
-            json!(0)
-        } else {
-            json!("")
-        };
+        // Like the real server: no value, no cell content (kubectl shows `<none>`).
+        return Value::Null;
     };
     match (c.type_.as_str(), first) {
         ("date", Value::String(s)) => json!(age(s)),

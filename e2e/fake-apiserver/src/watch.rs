@@ -15,15 +15,27 @@ use crate::error::{ApiError, ApiResult};
 use crate::resources::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::Event;
+use crate::table;
 
 struct Filter {
     info: ResourceInfo,
     namespace: Option<String>,
     labels: Option<LabelSelector>,
     fields: Option<FieldSelector>,
+    /// Send `meta.k8s.io/v1` `Table` rows instead of objects (`kubectl get -w`).
+    table: bool,
 }
 
 impl Filter {
+    fn render(&self, obj: Value) -> Value {
+        let obj = present(&self.info, obj);
+        if self.table {
+            table::render_one(&self.info, &obj)
+        } else {
+            obj
+        }
+    }
+
     fn matches(&self, key: &str, ns: &str, obj: &Value) -> bool {
         key == self.info.storage_key()
             && self.namespace.as_deref().is_none_or(|want| want == ns)
@@ -65,6 +77,7 @@ pub fn watch(
     shared: &Shared,
     req: &Request,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    table: bool,
 ) -> ApiResult<Response> {
     let filter = Filter {
         info: req.info.clone(),
@@ -79,6 +92,7 @@ pub fn watch(
             .get("fieldSelector")
             .map(|s| FieldSelector::parse(s))
             .transpose()?,
+        table,
     };
     let bookmarks = query_flag(req, "allowWatchBookmarks");
     let send_initial = query_flag(req, "sendInitialEvents");
@@ -107,7 +121,7 @@ pub fn watch(
                 .unwrap_or_default()
                 .to_string();
             if filter.matches(&filter.info.storage_key(), &ns, &obj) {
-                initial.push(line("ADDED", present(&filter.info, obj)));
+                initial.push(line("ADDED", filter.render(obj)));
             }
         }
         if send_initial {
@@ -123,7 +137,7 @@ pub fn watch(
         } else {
             for ev in store.events_after(rv) {
                 if filter.matches(&ev.key, &ev.namespace, &ev.object) {
-                    initial.push(line(ev.type_, present(&filter.info, ev.object.clone())));
+                    initial.push(line(ev.type_, filter.render(ev.object.clone())));
                 }
             }
         }
@@ -159,7 +173,7 @@ pub fn watch(
                         if !filter.matches(&ev.key, &ev.namespace, &ev.object) {
                             continue;
                         }
-                        line(ev.type_, present(&filter.info, ev.object.clone()))
+                        line(ev.type_, filter.render(ev.object.clone()))
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let _ = tx.send(expired(&last_rv.to_string(), last_rv)).await;

@@ -388,8 +388,10 @@ async fn server_side_apply_conflicts() -> TestResult {
         err.message
     );
     let patch = json!({"spec": {"replicas": 7}});
-    let mut pp = PatchParams::default();
-    pp.field_manager = Some("kubectl-scale".into());
+    let pp = PatchParams {
+        field_manager: Some("kubectl-scale".into()),
+        ..Default::default()
+    };
     api.patch_scale("web", &pp, &Patch::Merge(&patch)).await?;
     let err = api_error(
         api.patch("web", &PatchParams::apply("kubectl"), &Patch::Apply(&user))
@@ -612,5 +614,67 @@ async fn streaming_list_watcher() -> TestResult {
         });
     }
     assert_eq!(kinds, vec!["Init", "InitApply", "InitDone"]);
+    Ok(())
+}
+
+/// The project's real CRD, when it has been generated: its CEL rules must work here.
+#[tokio::test]
+async fn project_crd_cel_rules() -> TestResult {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crds/scaledconsumers.nerite.dev.yaml"
+    );
+    if !std::path::Path::new(path).exists() {
+        println!("note: {path} not found; skipping");
+        return Ok(());
+    }
+    let (server, client) = server().await?;
+    server.register_crd_file(path)?;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("nerite.dev", "v1alpha1", "ScaledConsumer"),
+        "scaledconsumers",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let spec = |extra: serde_json::Value| {
+        let mut spec = json!({
+            "minReplicas": 1, "maxReplicas": 3,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "objective": {"backlogPerReplica": 10},
+            "source": {"rabbitmq": {"managementUrl": "http://rmq:15672", "queue": "jobs",
+                                    "credentialsSecretRef": {"name": "creds"}}},
+        });
+        json_patch::merge(&mut spec, &extra);
+        spec
+    };
+    let pp = PatchParams::apply("test");
+    let ok = DynamicObject::new("ok", &ar).data(json!({"spec": spec(json!({}))}));
+    api.patch("ok", &pp, &Patch::Apply(&ok)).await?;
+    for (extra, message) in [
+        (
+            json!({"minReplicas": 5}),
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (
+            json!({"objective": {"maxDrainTime": "10ms"}}),
+            "maxDrainTime must be at least 1s",
+        ),
+        (
+            json!({"source": {"rabbitmq": {"managementUrl": "ftp://x"}}}),
+            "managementUrl must be an http:// or https:// URL",
+        ),
+        (
+            json!({"source": {"rabbitmq": null}}),
+            "exactly one source must be set",
+        ),
+        (
+            json!({"fallback": {"mode": "Fixed"}}),
+            "fallback.replicas is required when mode is Fixed",
+        ),
+    ] {
+        let bad = DynamicObject::new("bad", &ar).data(json!({"spec": spec(extra)}));
+        let err = api_error(api.patch("bad", &pp, &Patch::Apply(&bad)).await);
+        assert_eq!(err.code, 422);
+        assert!(err.message.contains(message), "{}", err.message);
+    }
     Ok(())
 }
