@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,13 @@ pub struct Context {
     rabbitmq: ManagementApi,
     config: OperatorConfig,
     state: Mutex<HashMap<String, ObjectState>>,
+    /// The controller's cache of ScaledConsumers, to forget deleted ones.
+    store: Store<ScaledConsumer>,
+    reconciles: AtomicU64,
 }
+
+/// Every this many reconciles, state of deleted ScaledConsumers is dropped.
+const PRUNE_EVERY: u64 = 256;
 
 /// Run the operator until `shutdown` completes.
 pub async fn run(
@@ -93,15 +100,17 @@ pub async fn run(
                 Api::all(client.clone()),
             ),
         };
+    let controller = Controller::new(scs, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(config.concurrency));
+    let store = controller.store();
     let ctx = Arc::new(Context {
         kube: KubeIo::new(client.clone(), config.instance.clone()),
         rabbitmq: ManagementApi::new(config.source_timeout),
         state: Mutex::default(),
         config: config.clone(),
+        store: store.clone(),
+        reconciles: AtomicU64::new(0),
     });
-    let controller = Controller::new(scs, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(config.concurrency));
-    let store = controller.store();
     let deploy_store = store.clone();
     let sts_store = store.clone();
     tracing::info!(namespace = ?config.namespace, "nerite operator starting");
@@ -156,7 +165,18 @@ fn key_of(sc: &ScaledConsumer) -> String {
     )
 }
 
+/// Drop what the controller remembers about ScaledConsumers that no longer exist. Deleting a
+/// ScaledConsumer leaves its workload as it is.
+fn prune_deleted(ctx: &Context) {
+    let live: std::collections::HashSet<String> =
+        ctx.store.state().iter().map(|sc| key_of(sc)).collect();
+    lock(&ctx.state).retain(|k, _| live.contains(k));
+}
+
 async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action> {
+    if ctx.reconciles.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+        prune_deleted(&ctx);
+    }
     let namespace = sc
         .metadata
         .namespace
@@ -277,7 +297,9 @@ async fn tick(
                 sc,
                 false,
                 "Scaled",
-                "Scale",
+                // Events are folded into a series by (type, reason, action): naming the
+                // transition keeps each distinct change its own Event with its own note.
+                &format!("Scale{current}To{}", decision.desired),
                 format!(
                     "{} {}: {} → {} replicas ({})",
                     target.kind, target.name, current, decision.desired, decision.reason

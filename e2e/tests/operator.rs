@@ -223,6 +223,20 @@ async fn scale_up_and_down(
         "  scaled down {:.1}s after the purge (window 5s)",
         took.as_secs_f64()
     );
+    let scaled_events: Vec<String> = cluster
+        .events_for(ns, "orders")
+        .await?
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Scaled"))
+        .filter_map(|e| e.note)
+        .collect();
+    let up = scaled_events.iter().any(|n| n.contains(": 1 → "));
+    let down = scaled_events.iter().any(|n| n.contains(" → 1 replicas"));
+    if !(up && down) {
+        return Err(format!(
+            "expected Scaled events for the rise and the fall: {scaled_events:?}"
+        ));
+    }
     Ok(())
 }
 

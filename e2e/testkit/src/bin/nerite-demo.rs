@@ -19,6 +19,13 @@ const DEPLOYMENT: &str = "orders-consumer";
 const PER_REPLICA_RATE: usize = 25;
 
 fn main() -> ExitCode {
+    // Warnings from the operator (e.g. a failed write) go to stderr; RUST_LOG=info shows more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
