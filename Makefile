@@ -27,9 +27,11 @@ lint:
 crds:
 	$(CARGO) run -q --bin nerite -- crd > crds/scaledconsumers.nerite.dev.yaml
 
-## Install what the tests and the demo need (RabbitMQ from Debian's packages).
+## Install what the tests and the demo need (RabbitMQ from Debian's packages, Python test
+## tools into a virtualenv under ~/.cache/nerite).
 deps:
 	bash e2e/rabbitmq.sh install
+	bash e2e/venv.sh >/dev/null
 
 ## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
 ## scaling live.
