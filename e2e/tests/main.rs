@@ -4,6 +4,7 @@
 //! One process runs every trial so that one RabbitMQ serves them all; trials that stop
 //! their broker start a private one.
 
+mod leader;
 mod operator;
 mod rabbitmq_source;
 mod support;
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
     trials.extend(operator::trials(&env));
+    trials.extend(leader::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()
