@@ -35,9 +35,9 @@ pub struct RunArgs {
     /// Path to a kubeconfig. Default: $KUBECONFIG, ~/.kube/config, then in-cluster.
     #[arg(long, env = "NERITE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, short = 'n', env = "NERITE_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default: all namespaces).
+    #[arg(long, short = 'n', env = "NERITE_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Deadline for one broker read, in seconds.
     #[arg(long, default_value_t = 5.0, env = "NERITE_SOURCE_TIMEOUT")]
     pub source_timeout: f64,
@@ -184,7 +184,12 @@ fn run(args: RunArgs) -> ExitCode {
             )
         });
         let config = OperatorConfig {
-            namespace: args.namespace,
+            namespaces: args
+                .namespace
+                .into_iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
             source_timeout: Duration::from_secs_f64(args.source_timeout),
             concurrency: args.concurrency,
             instance: Some(identity),
@@ -245,6 +250,8 @@ mod tests {
             "127.0.0.1:9090",
             "--identity",
             "nerite-0",
+            "--namespace",
+            "shop,billing",
         ]);
         let Ok(Cli {
             command: Command::Run(args),
@@ -260,6 +267,7 @@ mod tests {
             "127.0.0.1:9090".parse::<SocketAddr>().ok()
         );
         assert_eq!(args.identity.as_deref(), Some("nerite-0"));
+        assert_eq!(args.namespace, ["shop", "billing"]);
         assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr(None)));
         assert!(parse_metrics_addr("localhost").is_err());
     }

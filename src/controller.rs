@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,9 @@ pub struct OperatorConfig {
     pub max_backoff: Duration,
     /// Name of this operator instance, shown in Events.
     pub instance: Option<String>,
+    /// Watch each of these namespaces (one watch each); when not empty it replaces
+    /// `namespace`.
+    pub namespaces: Vec<String>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub metrics_addr: Option<SocketAddr>,
     /// Elect a leader on a Lease: every replica observes, only the leader writes. `None`:
@@ -60,6 +63,7 @@ impl Default for OperatorConfig {
             concurrency: 64,
             max_backoff: Duration::from_secs(60),
             instance: None,
+            namespaces: Vec::new(),
             metrics_addr: None,
             leader_election: None,
         }
@@ -154,14 +158,34 @@ pub async fn try_run(
         }
     };
 
-    run_controller(
-        client,
-        config,
-        shutdown,
-        metrics,
-        health.clone(),
-        leadership,
-    )
+    // One controller per watched namespace (or one for all), sharing metrics and leadership.
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![config.namespace.clone()]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (stop_all, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_all.send(true);
+    });
+    let syncing = Arc::new(AtomicUsize::new(scopes.len()));
+    futures::future::join_all(scopes.into_iter().map(|namespace| {
+        let mut stopping = stopping.clone();
+        run_controller(
+            client.clone(),
+            OperatorConfig {
+                namespace,
+                ..config.clone()
+            },
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            },
+            metrics.clone(),
+            (health.clone(), syncing.clone()),
+            leadership.clone(),
+        )
+    }))
     .await;
 
     health.set_ready(false);
@@ -182,7 +206,7 @@ async fn run_controller(
     config: OperatorConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     metrics: Arc<Metrics>,
-    health: Health,
+    (health, syncing): (Health, Arc<AtomicUsize>),
     leadership: Leadership,
 ) {
     let (scs, deployments, statefulsets): (Api<ScaledConsumer>, Api<Deployment>, Api<StatefulSet>) =
@@ -219,7 +243,13 @@ async fn run_controller(
             match tokio::time::timeout(Duration::from_millis(200), ready_store.wait_until_ready())
                 .await
             {
-                Ok(Ok(())) => break health.set_ready(true),
+                Ok(Ok(())) => {
+                    // Ready when every watched namespace has synced.
+                    if syncing.fetch_sub(1, Ordering::Relaxed) == 1 {
+                        health.set_ready(true);
+                    }
+                    break;
+                }
                 Ok(Err(_)) => break,
                 Err(_) => {}
             }

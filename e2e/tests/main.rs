@@ -6,6 +6,7 @@
 
 mod leader;
 mod operator;
+mod packaging;
 mod rabbitmq_source;
 mod support;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
     trials.extend(rabbitmq_source::trials(&env));
     trials.extend(operator::trials(&env));
     trials.extend(leader::trials(&env));
+    trials.extend(packaging::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()
