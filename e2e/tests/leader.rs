@@ -20,6 +20,8 @@ use crate::support::ops::{OperatorProcess, Sample, http_get, metric};
 use crate::support::rabbitmq::RabbitMq;
 
 const NS: &str = "ha";
+/// A second watched namespace (`--namespace ha,ha-two`).
+const NS2: &str = "ha-two";
 const LEASE_NS: &str = "nerite-system";
 const LEASE: &str = "nerite-leader";
 /// Short lease for the test (deployments use 15 s).
@@ -56,7 +58,7 @@ fn start(kubeconfig: &Path, identity: &str, dir: &Path) -> Result<OperatorProces
         identity,
         &[
             "--namespace",
-            NS,
+            "ha,ha-two",
             "--leader-elect",
             "--lease-name",
             LEASE,
@@ -154,11 +156,7 @@ async fn hand_over(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     blocking(move || r.declare_queue("/", "ha-jobs")).await??;
     let r = rabbit.clone();
     blocking(move || r.publish("/", "ha-jobs", 300)).await??;
-    cluster
-        .scaled_consumer(
-            NS,
-            "jobs",
-            json!({
+    let spec = json!({
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
                 "minReplicas": 1,
                 "maxReplicas": 10,
@@ -169,10 +167,18 @@ async fn hand_over(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
                 }},
                 "objective": {"backlogPerReplica": 100},
                 "behavior": {"pollInterval": "1s"}
-            }),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    });
+    for ns in [NS, NS2] {
+        if ns != NS {
+            cluster.namespace(ns).await?;
+            cluster.secret(ns, "rabbit-creds", "guest", "guest").await?;
+            cluster.deployment(ns, "worker", 1).await?;
+        }
+        cluster
+            .scaled_consumer(ns, "jobs", spec.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
 
     let mut a = start(&kubeconfig, "nerite-a", dir.path())?;
     let mut b = start(&kubeconfig, "nerite-b", dir.path())?;
@@ -193,9 +199,12 @@ async fn two_replicas(
     kubeconfig: &Path,
     dir: &Path,
 ) -> Result<(), String> {
-    // Exactly one acts: 300 messages → 3 replicas, all by the Lease holder.
+    // Exactly one acts: 300 messages → 3 replicas, all by the Lease holder, in both
+    // watched namespaces.
     eventually("scale to 3", Duration::from_secs(40), || async {
-        Ok((cluster.replicas(NS, "worker").await? == 3).then_some(()))
+        Ok((cluster.replicas(NS, "worker").await? == 3
+            && cluster.replicas(NS2, "worker").await? == 3)
+            .then_some(()))
     })
     .await?;
     let l = lease(cluster).await?.ok_or("no Lease")?;
@@ -233,6 +242,7 @@ async fn two_replicas(
     let actions = |m: &[Sample]| {
         m.iter()
             .filter(|s| s.name == "nerite_scale_actions_total")
+            .filter(|s| s.labels.get("namespace").map(String::as_str) == Some(NS))
             .map(|s| s.value)
             .sum::<f64>()
             + 0.0
