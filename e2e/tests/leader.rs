@@ -26,6 +26,8 @@ const LEASE_NS: &str = "nerite-system";
 const LEASE: &str = "nerite-leader";
 /// Short lease for the test (deployments use 15 s).
 const LEASE_DURATION: Duration = Duration::from_secs(3);
+/// How long a leader acts without renewing (`--renew-deadline 1500ms`).
+const RENEW_DEADLINE: Duration = Duration::from_millis(1500);
 
 pub fn trials(env: &Env) -> Vec<Trial> {
     let e = env.clone();
@@ -290,7 +292,7 @@ async fn two_replicas(
             "take-over took {took:.2}s, longer than the lease duration"
         ));
     }
-    if took < 1.0 {
+    if took < RENEW_DEADLINE.as_secs_f64() {
         return Err(format!(
             "take-over after {took:.2}s: before the renew deadline of the killed leader ran out"
         ));
