@@ -49,13 +49,29 @@ fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(),
     rt.block_on(fut).map_err(Failed::from)
 }
 
-fn nerite_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nerite"))
+/// A private copy of the `nerite` binary cargo built for this test run. Copying keeps a
+/// build from another checkout that shares `CARGO_TARGET_DIR` from replacing it mid-trial;
+/// the flag check catches one that replaced it before.
+fn nerite_bin(dir: &Path) -> Result<PathBuf, String> {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_nerite"));
+    let copy = dir.join("nerite");
+    std::fs::copy(&built, &copy).map_err(|e| format!("copy {}: {e}", built.display()))?;
+    let help = std::process::Command::new(&copy)
+        .args(["run", "--help"])
+        .output()
+        .map_err(|e| format!("{}: {e}", copy.display()))?;
+    if !String::from_utf8_lossy(&help.stdout).contains("--leader-elect") {
+        return Err(format!(
+            "{} has no --leader-elect: it was rebuilt from another checkout sharing the target directory; build again",
+            built.display()
+        ));
+    }
+    Ok(copy)
 }
 
 fn start(kubeconfig: &Path, identity: &str, dir: &Path) -> Result<OperatorProcess, String> {
     OperatorProcess::start(
-        &nerite_bin(),
+        &dir.join("nerite"),
         kubeconfig,
         identity,
         &[
@@ -144,6 +160,7 @@ async fn scaled_by(cluster: &Cluster) -> Result<BTreeMap<String, Vec<String>>, S
 async fn hand_over(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     let cluster = Cluster::fake(true).await?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    nerite_bin(dir.path())?;
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
