@@ -4,7 +4,9 @@
 //! One process runs every trial so that one RabbitMQ serves them all; trials that stop
 //! their broker start a private one.
 
+mod leader;
 mod operator;
+mod packaging;
 mod rabbitmq_source;
 mod support;
 
@@ -18,6 +20,8 @@ fn main() -> ExitCode {
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
     trials.extend(operator::trials(&env));
+    trials.extend(leader::trials(&env));
+    trials.extend(packaging::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()
