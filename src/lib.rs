@@ -14,6 +14,7 @@ pub mod crdgen;
 pub mod error;
 pub mod kubeio;
 pub mod policy;
+pub mod simulate;
 pub mod source;
 pub mod status;
 pub mod validate;

@@ -45,6 +45,13 @@ pub struct PolicyConfig {
     pub activation_backlog: i64,
     pub scale_to_zero_cooldown: Duration,
     pub fallback: Fallback,
+    /// Message-wait objective (policy v2): size the fleet from the measured per-replica
+    /// throughput, the smoothed arrival rate and its trend so that messages wait at most this
+    /// long. Replaces the backlog objective once the throughput is measured.
+    pub max_message_wait: Option<Duration>,
+    /// How long a new replica takes to start consuming; the wait objective looks this far
+    /// (plus one poll interval) ahead.
+    pub startup_delay: Duration,
 }
 
 /// Behaviour while the source cannot be read.
@@ -105,7 +112,35 @@ pub struct History {
     pub per_replica_throughput: Option<f64>,
     /// Last time the backlog was above the activation threshold.
     pub last_active: Option<Timestamp>,
+    /// Smoothed arrival rate and its trend, once a publish rate has been read.
+    pub arrival: Option<ArrivalEstimate>,
+    /// Messages one replica holds at once (its prefetch), seen while saturated.
+    pub slots_per_replica: Option<f64>,
 }
+
+/// Smoothed arrival rate and its short-term trend (Holt's linear smoothing of the broker's
+/// publish rate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ArrivalEstimate {
+    /// Messages per second.
+    pub rate: f64,
+    /// Change of the rate, messages per second per second.
+    pub trend: f64,
+    /// When the last sample was folded in.
+    pub at: Timestamp,
+}
+
+/// Weight of the newest publish-rate sample in the arrival estimate.
+pub const ARRIVAL_ALPHA: f64 = 0.2;
+/// Weight of the newest slope in the arrival trend.
+pub const TREND_BETA: f64 = 0.1;
+/// A trend older than this many poll intervals without a sample is dropped.
+const TREND_MAX_GAP_POLLS: f64 = 4.0;
+/// Share of `maxMessageWait` that waiting messages may use as a buffer in steady state.
+pub const WAIT_BUFFER_SHARE: f64 = 0.4;
+/// Share of `maxMessageWait` in which waiting beyond the buffer is drained; the rest covers
+/// the time new replicas need to start and the age of the broker's statistics.
+pub const WAIT_DRAIN_SHARE: f64 = 0.3;
 
 /// Weight of the newest sample in the smoothed per-replica throughput.
 pub const THROUGHPUT_EWMA_ALPHA: f64 = 0.3;
@@ -152,7 +187,14 @@ struct Objective {
     text: String,
 }
 
-fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &History) -> Objective {
+fn objective(
+    backlog: i64,
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    history: &History,
+    current: i32,
+    now: Timestamp,
+) -> Objective {
     let per = cfg.backlog_per_replica.max(1);
     let by_backlog = saturate_i32(ceil_div(backlog, per));
     let backlog_text = if backlog == 0 {
@@ -160,6 +202,15 @@ fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &Hist
     } else {
         format!("backlog {backlog} at {per}/replica → {by_backlog}")
     };
+    if let Some(wait) = cfg.max_message_wait.filter(|w| !w.is_zero()) {
+        return match wait_objective(obs, cfg, history, current, now, wait) {
+            Some(obj) => obj,
+            None => Objective {
+                replicas: by_backlog,
+                text: format!("{backlog_text} (throughput not yet measured)"),
+            },
+        };
+    }
     let Some(drain) = cfg.max_drain_time.filter(|d| !d.is_zero()) else {
         return Objective {
             replicas: by_backlog,
@@ -208,6 +259,133 @@ fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &Hist
     }
 }
 
+/// Policy v2: the message-wait objective. None until the per-replica throughput is measured.
+///
+/// With μ the smoothed per-replica throughput, λ the smoothed arrival rate, s its rising
+/// trend (falling trends are ignored: scale down on what is seen, not on a forecast), Q the
+/// messages waiting (ready; in-flight ones are already being served), n the current count,
+/// W = `maxMessageWait` and h = startupDelay + pollInterval (how long until a replica asked
+/// for now consumes, and until the next look):
+///
+/// ```text
+/// λ⁺  = λ + min(s·h, λ/2)                    arrivals when new replicas are up
+/// Q⁺  = max(0, Q + (λ + (λ⁺−λ)/2 − n·μ)·h)   waiting by then with the current fleet
+/// Q*  = λ⁺ · W · WAIT_BUFFER_SHARE           waiting messages the objective accepts
+/// need = (λ⁺ + (Q⁺ − Q*) / H) / μ,  H = W · WAIT_DRAIN_SHARE above Q*, else the
+///                                    scale-down window (at least that)
+/// ```
+///
+/// The queue is a buffer: up to Q* waiting messages (a wait of W · WAIT_BUFFER_SHARE) are
+/// fine, so in steady state the count is ⌈λ/μ⌉ or one less while the buffer absorbs the
+/// difference over the time a lower count would be held; beyond Q* the excess is drained
+/// within W · WAIT_DRAIN_SHARE. The need grows with the backlog, never falls with it.
+fn wait_objective(
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    history: &History,
+    current: i32,
+    now: Timestamp,
+    wait: Duration,
+) -> Option<Objective> {
+    let mu = history
+        .per_replica_throughput
+        .filter(|m| valid_rate(*m) && *m > 0.0)?;
+    let estimate = arrival_update(history.arrival, obs, cfg, now);
+    let (rate, trend, known) = match estimate {
+        Some(e) => (e.rate, e.trend.max(0.0), true),
+        // No publish rate: what is being consumed is a lower bound of what arrives.
+        None => (
+            obs.ack_rate
+                .or(obs.deliver_rate)
+                .filter(|r| valid_rate(*r))
+                .unwrap_or(0.0),
+            0.0,
+            false,
+        ),
+    };
+    let waiting = waiting_of(obs);
+    let h = (cfg.startup_delay + cfg.poll_interval).as_secs_f64();
+    let w = wait.as_secs_f64();
+    let rise = (trend * h).min(rate / 2.0);
+    let rate_up = rate + rise;
+    let capacity = f64::from(current.max(0)) * mu;
+    // waiting is at most i64::MAX; as f64 it is approximate only far beyond real queues.
+    let projected = (waiting as f64 + (rate + rise / 2.0 - capacity) * h).max(0.0);
+    let accepted = rate_up * w * WAIT_BUFFER_SHARE;
+    let excess = projected - accepted;
+    let horizon = if excess > 0.0 {
+        w * WAIT_DRAIN_SHARE
+    } else {
+        cfg.scale_down_window.as_secs_f64().max(w * WAIT_DRAIN_SHARE)
+    }
+    .max(1.0);
+    let need = (rate_up + excess / horizon) / mu;
+    let replicas = ceil_to_i32(need);
+    let trend_text = if rise >= 0.05 * rate && rise > 0.0 {
+        format!(" rising {}/s²", fmt_rate(trend))
+    } else {
+        String::new()
+    };
+    let unknown = if known { "" } else { " (publish rate unknown)" };
+    Some(Objective {
+        replicas,
+        text: format!(
+            "arrivals {}/s{trend_text}{unknown}, {waiting} waiting (≈{} in {}, {} accepted) at {}/s per replica, wait ≤ {} → {replicas}",
+            fmt_rate(rate),
+            projected.round(),
+            fmt_dur(Duration::from_secs_f64(h)),
+            accepted.round(),
+            fmt_rate(mu),
+            fmt_dur(wait),
+        ),
+    })
+}
+
+/// Messages waiting for a consumer: ready ones, or the backlog minus those in flight.
+fn waiting_of(obs: &Observation) -> i64 {
+    obs.ready.unwrap_or_else(|| {
+        obs.backlog
+            .max(0)
+            .saturating_sub(obs.unacked.unwrap_or(0).max(0))
+    })
+    .max(0)
+}
+
+/// The arrival estimate after folding in this reading's publish rate (Holt's linear
+/// smoothing: level weight [`ARRIVAL_ALPHA`], trend weight [`TREND_BETA`]). Without a
+/// usable publish rate the previous estimate stands.
+fn arrival_update(
+    prev: Option<ArrivalEstimate>,
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    now: Timestamp,
+) -> Option<ArrivalEstimate> {
+    let Some(sample) = obs.publish_rate.filter(|r| valid_rate(*r)) else {
+        return prev;
+    };
+    let Some(prev) = prev.filter(|p| valid_rate(p.rate) && p.trend.is_finite()) else {
+        return Some(ArrivalEstimate {
+            rate: sample,
+            trend: 0.0,
+            at: now,
+        });
+    };
+    let dt = elapsed(prev.at, now).as_secs_f64();
+    if dt <= 0.0 {
+        return Some(prev);
+    }
+    let max_gap = cfg.poll_interval.as_secs_f64().max(1.0) * TREND_MAX_GAP_POLLS;
+    let trend = if dt > max_gap { 0.0 } else { prev.trend };
+    let predicted = (prev.rate + trend * dt).max(0.0);
+    let rate = ARRIVAL_ALPHA * sample + (1.0 - ARRIVAL_ALPHA) * predicted;
+    let trend = TREND_BETA * (rate - prev.rate) / dt + (1.0 - TREND_BETA) * trend;
+    Some(ArrivalEstimate {
+        rate: rate.max(0.0),
+        trend: if trend.is_finite() { trend } else { 0.0 },
+        at: now,
+    })
+}
+
 fn decide_observed(
     obs: &Observation,
     cfg: &PolicyConfig,
@@ -220,7 +398,7 @@ fn decide_observed(
     let backlog = obs.backlog.max(0);
     let activation = cfg.activation_backlog.max(0);
     let idle = backlog <= activation;
-    let obj = objective(backlog, obs, cfg, history);
+    let obj = objective(backlog, obs, cfg, history, current, now);
     let mut limit = None;
     let mut notes = String::new();
 
@@ -562,6 +740,32 @@ fn throughput_sample(obs: &Observation, current: i32) -> Option<f64> {
     (sample.is_finite() && sample > 0.0).then_some(sample)
 }
 
+/// Messages one replica holds at once (its prefetch), from a saturated reading: every
+/// consumer's prefetch is full, so `unacked / consumers` is the prefetch.
+fn slots_sample(obs: &Observation, current: i32) -> Option<f64> {
+    let busy = match obs.consumers {
+        Some(c) if c > 0 => c,
+        _ => i64::from(current),
+    };
+    let unacked = obs.unacked.filter(|u| *u > 0)?;
+    (busy > 0).then(|| unacked as f64 / busy as f64)
+}
+
+/// Per-replica throughput from a reading whose consumers are not saturated, by Little's
+/// law: the mean processing time is `unacked / ack rate`, and a replica processes `slots`
+/// messages at once, so it completes `slots × ack rate / unacked` per second when busy.
+/// Needs a handful of messages in flight to say anything.
+fn unsaturated_throughput_sample(obs: &Observation, slots: f64) -> Option<f64> {
+    let unacked = obs.unacked.filter(|u| *u >= MIN_IN_FLIGHT_FOR_LITTLE)?;
+    let positive = |r: &f64| valid_rate(*r) && *r > 0.0;
+    let rate = obs.ack_rate.filter(positive)?;
+    let sample = slots * rate / unacked as f64;
+    (sample.is_finite() && sample > 0.0 && slots.is_finite() && slots > 0.0).then_some(sample)
+}
+
+/// Fewest messages in flight for a Little's-law throughput sample.
+const MIN_IN_FLIGHT_FOR_LITTLE: i64 = 5;
+
 impl History {
     /// History for an object first seen at `now` with `current` replicas: scale-down waits a
     /// full window after an operator restart.
@@ -599,7 +803,19 @@ impl History {
                 if obs.backlog.max(0) > cfg.activation_backlog.max(0) {
                     self.last_active = Some(now);
                 }
-                if let Some(sample) = throughput_sample(obs, current) {
+                self.arrival = arrival_update(self.arrival, obs, cfg, now);
+                let sample = match throughput_sample(obs, current) {
+                    Some(sample) => {
+                        if let Some(slots) = slots_sample(obs, current) {
+                            self.slots_per_replica = Some(slots);
+                        }
+                        Some(sample)
+                    }
+                    None => self
+                        .slots_per_replica
+                        .and_then(|slots| unsaturated_throughput_sample(obs, slots)),
+                };
+                if let Some(sample) = sample {
                     let prev = self
                         .per_replica_throughput
                         .filter(|m| valid_rate(*m) && *m > 0.0);
@@ -667,6 +883,8 @@ mod tests {
             activation_backlog: 0,
             scale_to_zero_cooldown: Duration::from_secs(300),
             fallback: Fallback::Hold,
+            max_message_wait: None,
+            startup_delay: Duration::from_secs(20),
         }
     }
 

@@ -49,6 +49,8 @@ pub const DEFAULT_SCALE_UP_WINDOW: Duration = Duration::ZERO;
 pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
 /// Default `behavior.scaleToZeroCooldown`.
 pub const DEFAULT_SCALE_TO_ZERO_COOLDOWN: Duration = Duration::from_secs(300);
+/// Default `behavior.startupDelay`.
+pub const DEFAULT_STARTUP_DELAY: Duration = Duration::from_secs(20);
 /// Default `fallback.afterFailures`.
 pub const DEFAULT_AFTER_FAILURES: u32 = 3;
 
@@ -248,6 +250,16 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
         )
     });
 
+    let max_message_wait = spec.objective.max_message_wait.as_deref().and_then(|s| {
+        p.duration(
+            "spec.objective.maxMessageWait",
+            s,
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(24 * 3600)),
+            "between 10s and 24h",
+        )
+    });
+
     // Behavior.
     let default_behavior = BehaviorSpec::default();
     let b = spec.behavior.as_ref().unwrap_or(&default_behavior);
@@ -288,6 +300,20 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
         .and_then(|s| p.duration("spec.behavior.scaleToZeroCooldown", s, None, None, ""))
         .unwrap_or(DEFAULT_SCALE_TO_ZERO_COOLDOWN);
 
+    let startup_delay = b
+        .startup_delay
+        .as_deref()
+        .and_then(|s| {
+            p.duration(
+                "spec.behavior.startupDelay",
+                s,
+                None,
+                Some(ONE_HOUR),
+                "at most 1h",
+            )
+        })
+        .unwrap_or(DEFAULT_STARTUP_DELAY);
+
     // Fallback.
     let fallback = check_fallback(spec.fallback.as_ref(), spec, &mut p);
 
@@ -316,6 +342,8 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
             activation_backlog,
             scale_to_zero_cooldown,
             fallback,
+            max_message_wait,
+            startup_delay,
         },
         source,
     })
@@ -612,6 +640,8 @@ mod tests {
         assert_eq!(p.activation_backlog, 0);
         assert_eq!(p.scale_to_zero_cooldown, Duration::from_secs(300));
         assert_eq!(p.fallback, Fallback::Hold);
+        assert_eq!(p.max_message_wait, None);
+        assert_eq!(p.startup_delay, Duration::from_secs(20));
         assert_eq!(v.target.name, "worker");
         let ValidSource::RabbitMq {
             management_url,
@@ -627,6 +657,27 @@ mod tests {
         assert_eq!(credentials.name, "rabbit-creds");
         assert_eq!(credentials.username_key, "username");
         assert_eq!(credentials.password_key, "password");
+    }
+
+    #[test]
+    fn message_wait_objective_and_startup_delay() {
+        let v = with(base(), "/objective/maxMessageWait", json!("90s"));
+        let v = with(v, "/behavior", json!({"startupDelay": "45s"}));
+        let p = validate(&spec(v)).expect("valid").policy;
+        assert_eq!(p.max_message_wait, Some(Duration::from_secs(90)));
+        assert_eq!(p.startup_delay, Duration::from_secs(45));
+        let v = with(base(), "/objective/maxMessageWait", json!("5s"));
+        assert_eq!(
+            one_problem(v),
+            "spec.objective.maxMessageWait (\"5s\") must be between 10s and 24h"
+        );
+        let v = with(base(), "/objective/maxMessageWait", json!("soon"));
+        assert!(one_problem(v).starts_with("spec.objective.maxMessageWait (\"soon\") is not a valid duration"));
+        let v = with(base(), "/behavior", json!({"startupDelay": "2h"}));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.startupDelay (\"2h\") must be at most 1h"
+        );
     }
 
     #[test]
