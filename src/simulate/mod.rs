@@ -218,7 +218,10 @@ pub fn run_scenario(sc: &Scenario, s: &Settings) -> ScenarioResult {
         };
         results.push(sum(
             "keda-tuned",
-            format!("target {best} (best of sweep), polling {}s", s.tuned_polling),
+            format!(
+                "target {best} (best of sweep), polling {}s",
+                s.tuned_polling
+            ),
             go(&mut KedaHpa::new(cfg), initial),
         ));
     }
@@ -374,7 +377,10 @@ pub fn scenarios_of(req: &Request) -> Result<Vec<Scenario>, String> {
             return Err("--startup-delay must be a non-negative number of seconds".to_string());
         }
         if w.min_replicas < 0 || w.max_replicas < 1 || w.min_replicas > w.max_replicas {
-            return Err("replica bounds must satisfy 0 ≤ --min-replicas ≤ --max-replicas, max ≥ 1".to_string());
+            return Err(
+                "replica bounds must satisfy 0 ≤ --min-replicas ≤ --max-replicas, max ≥ 1"
+                    .to_string(),
+            );
         }
         if sc.backlog_per_replica < 1 {
             return Err("--backlog-per-replica must be at least 1".to_string());
@@ -407,7 +413,8 @@ pub fn execute(
         .collect();
     let mut written = Vec::new();
     if let Some(dir) = svg_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         for r in &results {
             let path = dir.join(format!("{}.svg", r.scenario));
             std::fs::write(&path, output::svg(r))

@@ -146,7 +146,12 @@ pub fn svg(r: &ScenarioResult) -> String {
         }
         for (j, p) in series.iter().enumerate() {
             let color = if *per_policy {
-                COLORS[r.results.iter().position(|q| std::ptr::eq(q, *p)).unwrap_or(j) % COLORS.len()]
+                COLORS[r
+                    .results
+                    .iter()
+                    .position(|q| std::ptr::eq(q, *p))
+                    .unwrap_or(j)
+                    % COLORS.len()]
             } else {
                 "#444"
             };

@@ -76,7 +76,8 @@ impl Nerite {
 
     /// The settings a user would write for a scenario: the replica bounds, the
     /// scenario's `backlogPerReplica` (used only until the throughput is measured), the
-    /// message-wait objective, and defaults for everything else.
+    /// message-wait objective, and the defaults `nerite` applies to such a spec for
+    /// everything else (the scale-down window is 2m with `maxMessageWait`).
     pub fn config(
         min: i32,
         max: i32,
@@ -94,7 +95,7 @@ impl Nerite {
             max_drain_time: None,
             poll_interval,
             scale_up_window: v::DEFAULT_SCALE_UP_WINDOW,
-            scale_down_window: v::DEFAULT_SCALE_DOWN_WINDOW,
+            scale_down_window: v::DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT,
             scale_up_max_step: None,
             scale_down_max_step: None,
             activation_backlog: 0,
@@ -122,9 +123,6 @@ impl Scaler for Nerite {
         let input = Input::Observed(&obs);
         let d = policy::decide(input, &self.cfg, history, current, now);
         history.record(input, &d, &self.cfg, current, now);
-        if std::env::var_os("NERITE_SIM_DEBUG").is_some() {
-            eprintln!("{:.0} cur={} mu={:?} obs(b={} r={:?} c={:?} p={:?} a={:?}) -> {} | {}", view.now, current, history.per_replica_throughput, obs.backlog, obs.ready, obs.consumers, obs.publish_rate, obs.ack_rate, d.desired, d.reason);
-        }
         d.desired
     }
 }

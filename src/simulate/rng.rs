@@ -107,18 +107,24 @@ mod tests {
 
     #[test]
     fn same_seed_same_numbers_streams_differ() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(7, 0);
-            move |_| r.next_u64()
-        }).collect();
-        let b: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(7, 0);
-            move |_| r.next_u64()
-        }).collect();
-        let c: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(7, 1);
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7, 0);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7, 0);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7, 1);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -140,7 +146,10 @@ mod tests {
             // Mean 2, variance mean²/k.
             assert!((m - 2.0).abs() < 0.05, "shape {shape}: mean {m}");
             let want = 4.0 / shape;
-            assert!((v - want).abs() < 0.1 * want, "shape {shape}: var {v} want {want}");
+            assert!(
+                (v - want).abs() < 0.1 * want,
+                "shape {shape}: var {v} want {want}"
+            );
         }
     }
 }

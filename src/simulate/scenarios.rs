@@ -44,8 +44,9 @@ pub fn built_in(name: &str) -> Option<Scenario> {
             p.push((105.0 * min, 50.0));
             Scenario {
                 name: name.to_string(),
-                description: "1x → 10x within 5 minutes, 1 h plateau, 30 min decay (50 → 500 msg/s)"
-                    .to_string(),
+                description:
+                    "1x → 10x within 5 minutes, 1 h plateau, 30 min decay (50 → 500 msg/s)"
+                        .to_string(),
                 trace: Trace {
                     points: p,
                     end: 120.0 * min,
@@ -79,13 +80,19 @@ pub fn built_in(name: &str) -> Option<Scenario> {
             let mut t = 0.0;
             while t < day {
                 let x = (t + 150.0) / day;
-                p.push((t, 2.0 + 18.0 * (1.0 - (std::f64::consts::TAU * x).cos()) / 2.0));
+                p.push((
+                    t,
+                    2.0 + 18.0 * (1.0 - (std::f64::consts::TAU * x).cos()) / 2.0,
+                ));
                 t += 300.0;
             }
             Scenario {
                 name: name.to_string(),
                 description: "24 h cycle, 2 → 20 msg/s, 5 s jobs".to_string(),
-                trace: Trace { points: p, end: day },
+                trace: Trace {
+                    points: p,
+                    end: day,
+                },
                 workload: workload(5.0, 2.0, 2, 1, 100),
                 backlog_per_replica: 20,
                 surge_at: None,

@@ -31,7 +31,11 @@ fn conservation_and_replica_seconds_at_fixed_count() {
     assert_eq!(o.conservation_violations, 0);
     assert_eq!(o.waits.len(), msgs.len());
     // 4 replicas for 400 s, no changes.
-    assert!((o.replica_seconds - 1600.0).abs() < 1e-6, "{}", o.replica_seconds);
+    assert!(
+        (o.replica_seconds - 1600.0).abs() < 1e-6,
+        "{}",
+        o.replica_seconds
+    );
     assert_eq!(o.scale_changes, 0);
     // Everything was served by the end.
     assert_eq!(o.started, msgs.len());
@@ -67,18 +71,10 @@ fn littles_law_on_a_steady_mm_c_queue() {
         "mean wait {mean_wait} vs Erlang C {wq}"
     );
     // Little's law: mean number waiting = λ × mean wait, from the 1 s samples.
-    let mean_queue = o
-        .series
-        .iter()
-        .map(|p| p.backlog as f64)
-        .sum::<f64>()
-        / o.series.len() as f64;
+    let mean_queue = o.series.iter().map(|p| p.backlog as f64).sum::<f64>() / o.series.len() as f64;
     // The series' backlog counts in-flight messages too: L = λ (Wq + 1 s).
     let l = lambda * (mean_wait + 1.0);
-    assert!(
-        (mean_queue - l).abs() < 0.1 * l,
-        "L {mean_queue} vs λW {l}"
-    );
+    assert!((mean_queue - l).abs() < 0.1 * l, "L {mean_queue} vs λW {l}");
 }
 
 #[test]
@@ -161,7 +157,12 @@ fn statistics_are_delayed_and_replicas_start_late() {
     let r = at(65.0).2.expect("rate");
     assert!(r > 2.0 && r < 25.0, "{r}");
     // Scale-up at 100 s; new replicas start at 120 s: two more messages start then.
-    let started_at_120 = o.waits.iter().zip(&msgs).filter(|(w, m)| ((m.arrival + **w) - 120.0).abs() < 1e-9).count();
+    let started_at_120 = o
+        .waits
+        .iter()
+        .zip(&msgs)
+        .filter(|(w, m)| ((m.arrival + **w) - 120.0).abs() < 1e-9)
+        .count();
     assert_eq!(started_at_120, 2);
     assert_eq!(o.scale_changes, 1);
 }

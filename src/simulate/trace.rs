@@ -31,7 +31,10 @@ impl Trace {
             }
             let mut cols = line.split(',').map(str::trim);
             let (Some(a), Some(b)) = (cols.next(), cols.next()) else {
-                return Err(format!("line {}: expected t_seconds,arrivals_per_second", i + 1));
+                return Err(format!(
+                    "line {}: expected t_seconds,arrivals_per_second",
+                    i + 1
+                ));
             };
             let (Ok(t), Ok(r)) = (a.parse::<f64>(), b.parse::<f64>()) else {
                 if points.is_empty() && a.parse::<f64>().is_err() {
@@ -40,15 +43,24 @@ impl Trace {
                 return Err(format!("line {}: {line:?} is not two numbers", i + 1));
             };
             if !(t.is_finite() && t >= 0.0) {
-                return Err(format!("line {}: time {t} must be a non-negative number", i + 1));
+                return Err(format!(
+                    "line {}: time {t} must be a non-negative number",
+                    i + 1
+                ));
             }
             if !(r.is_finite() && r >= 0.0) {
-                return Err(format!("line {}: rate {r} must be a non-negative number", i + 1));
+                return Err(format!(
+                    "line {}: rate {r} must be a non-negative number",
+                    i + 1
+                ));
             }
             if let Some((prev, _)) = points.last()
                 && t <= *prev
             {
-                return Err(format!("line {}: time {t} does not increase (after {prev})", i + 1));
+                return Err(format!(
+                    "line {}: time {t} does not increase (after {prev})",
+                    i + 1
+                ));
             }
             points.push((t, r));
         }
@@ -88,7 +100,11 @@ impl Trace {
 
     fn segments(&self) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
         self.points.iter().enumerate().filter_map(|(i, &(t, r))| {
-            let next = self.points.get(i + 1).map_or(self.end, |p| p.0).min(self.end);
+            let next = self
+                .points
+                .get(i + 1)
+                .map_or(self.end, |p| p.0)
+                .min(self.end);
             (next > t).then_some((t, next, r))
         })
     }
@@ -133,8 +149,11 @@ mod tests {
 
     #[test]
     fn csv_parsing() {
-        let t = Trace::from_csv("t_seconds,arrivals_per_second\n0,10\n# surge\n60, 100\n120,0\n", None)
-            .expect("valid");
+        let t = Trace::from_csv(
+            "t_seconds,arrivals_per_second\n0,10\n# surge\n60, 100\n120,0\n",
+            None,
+        )
+        .expect("valid");
         assert_eq!(t.points, [(0.0, 10.0), (60.0, 100.0), (120.0, 0.0)]);
         assert_eq!(t.end, 120.0);
         assert_eq!(t.rate_at(59.9), 10.0);
@@ -163,7 +182,10 @@ mod tests {
         assert_eq!(m, t.messages(3, 1.0, 2.0));
         assert_ne!(m, t.messages(4, 1.0, 2.0));
         let first = m.iter().filter(|x| x.arrival < 100.0).count() as f64;
-        let quiet = m.iter().filter(|x| (100.0..200.0).contains(&x.arrival)).count();
+        let quiet = m
+            .iter()
+            .filter(|x| (100.0..200.0).contains(&x.arrival))
+            .count();
         let burst = m.iter().filter(|x| x.arrival >= 200.0).count() as f64;
         assert!((first - 5000.0).abs() < 4.0 * 5000f64.sqrt(), "{first}");
         assert_eq!(quiet, 0);
