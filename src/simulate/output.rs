@@ -19,7 +19,7 @@ pub fn table(results: &[ScenarioResult]) -> String {
         );
         let _ = writeln!(
             out,
-            "{:<11} {:>8} {:>8} {:>8} {:>8} {:>11} {:>6} {:>7} {:>8} {:>8}  {}",
+            "{:<11} {:>8} {:>8} {:>8} {:>8} {:>11} {:>6} {:>7} {:>8} {:>8}  settings",
             "policy",
             "p50 s",
             "p99 s",
@@ -30,7 +30,6 @@ pub fn table(results: &[ScenarioResult]) -> String {
             "changes",
             "1st up s",
             "peak q",
-            "settings"
         );
         for p in &r.results {
             let _ = writeln!(out, "{}", row(p));
