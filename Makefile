@@ -3,7 +3,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/nerite/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: build test unit e2e lint crds deps demo clean
+.PHONY: build test unit e2e lint crds deps demo bench clean
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -40,6 +40,11 @@ deps:
 ## scaling live.
 demo: deps
 	$(CARGO) run -q -p nerite-testkit --bin nerite-demo
+
+## Replay the built-in scenarios through nerite, KEDA + HPA (default and tuned), a static
+## fleet and an oracle; prints the comparison table and writes one SVG chart per scenario.
+bench:
+	$(CARGO) run --release -q --bin nerite -- simulate --svg-dir $(CARGO_TARGET_DIR)/simulate
 
 clean:
 	$(CARGO) clean

@@ -194,6 +194,14 @@ pub struct ObjectiveSpec {
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("maxDrainTime must be at least 1s"))]
     pub max_drain_time: Option<String>,
+    /// Optional message-wait objective (e.g. `90s`): size the fleet so that messages wait
+    /// at most this long, from the measured per-replica throughput, the smoothed arrival
+    /// rate and its trend. Once the throughput is measured it replaces the backlog
+    /// objective, so the queue may hold work instead of idle replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('24h')").message("maxMessageWait must be between 10s and 24h"))]
+    pub max_message_wait: Option<String>,
 }
 
 /// Timing and step limits.
@@ -221,6 +229,12 @@ pub struct BehaviorSpec {
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("scaleToZeroCooldown must be a duration"))]
     pub scale_to_zero_cooldown: Option<String>,
+    /// How long a new replica takes to start consuming. `maxMessageWait` looks this far
+    /// ahead. Default `20s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('1h')").message("startupDelay must be at most 1h"))]
+    pub startup_delay: Option<String>,
 }
 
 /// Stabilization and step limit for one direction.

@@ -28,6 +28,61 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the ScaledConsumer CustomResourceDefinition as YAML.
     Crd,
+    /// Replay a traffic trace through nerite's policy, KEDA + HPA and others, side by side.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// Built-in scenario (flash-sale, order-surge, diurnal, on-off); repeatable. Default:
+    /// all of them, unless --trace is given.
+    #[arg(long = "scenario")]
+    pub scenarios: Vec<String>,
+    /// CSV trace `t_seconds,arrivals_per_second` (the rate holds until the next row).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// End of the trace in seconds (default: the last row's time).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Mean seconds to process one message.
+    #[arg(long)]
+    pub mean_service: Option<f64>,
+    /// Gamma shape of the service time (1 = exponential).
+    #[arg(long)]
+    pub service_shape: Option<f64>,
+    /// Messages one replica processes at once (prefetch).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Seconds from creating a replica to its first message (default 20).
+    #[arg(long)]
+    pub startup_delay: Option<f64>,
+    #[arg(long)]
+    pub min_replicas: Option<i32>,
+    #[arg(long)]
+    pub max_replicas: Option<i32>,
+    /// The user's backlogPerReplica (KEDA's target).
+    #[arg(long)]
+    pub backlog_per_replica: Option<i64>,
+    /// Message-wait SLO in seconds (nerite's maxMessageWait).
+    #[arg(long, default_value_t = 90.0)]
+    pub slo: f64,
+    /// Age of the broker's statistics, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub stats_delay: f64,
+    /// nerite's poll interval, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub poll_interval: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the KEDA target sweep.
+    #[arg(long)]
+    pub show_sweep: bool,
+    /// Write one SVG chart per scenario into this directory.
+    #[arg(long)]
+    pub svg_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -135,6 +190,55 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run(args) => run(*args),
+        Command::Simulate(args) => simulate(args),
+    }
+}
+
+fn simulate(a: SimulateArgs) -> ExitCode {
+    use crate::simulate;
+    let trace = match &a.trace {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let name = path
+                    .file_stem()
+                    .map_or_else(|| "trace".to_string(), |s| s.to_string_lossy().into_owned());
+                Some((name, text))
+            }
+            Err(e) => {
+                eprintln!("nerite: cannot read {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let req = simulate::Request {
+        scenarios: a.scenarios,
+        trace,
+        duration: a.duration,
+        mean_service: a.mean_service,
+        service_shape: a.service_shape,
+        concurrency: a.concurrency,
+        startup_delay: a.startup_delay,
+        min_replicas: a.min_replicas,
+        max_replicas: a.max_replicas,
+        backlog_per_replica: a.backlog_per_replica,
+        settings: simulate::Settings {
+            seed: a.seed,
+            slo: a.slo,
+            stats_delay: a.stats_delay,
+            poll_interval: a.poll_interval,
+            ..simulate::Settings::default()
+        },
+    };
+    match simulate::execute(&req, a.json, a.show_sweep, a.svg_dir.as_deref()) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nerite: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod kubeio;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod simulate;
 pub mod source;
 pub mod status;
 pub mod validate;

@@ -45,6 +45,13 @@ pub struct PolicyConfig {
     pub activation_backlog: i64,
     pub scale_to_zero_cooldown: Duration,
     pub fallback: Fallback,
+    /// Message-wait objective (policy v2): size the fleet from the measured per-replica
+    /// throughput, the smoothed arrival rate and its trend so that messages wait at most this
+    /// long. Replaces the backlog objective once the throughput is measured.
+    pub max_message_wait: Option<Duration>,
+    /// How long a new replica takes to start consuming; the wait objective looks this far
+    /// (plus one poll interval) ahead.
+    pub startup_delay: Duration,
 }
 
 /// Behaviour while the source cannot be read.
@@ -105,7 +112,37 @@ pub struct History {
     pub per_replica_throughput: Option<f64>,
     /// Last time the backlog was above the activation threshold.
     pub last_active: Option<Timestamp>,
+    /// Smoothed arrival rate and its trend, once a publish rate has been read.
+    pub arrival: Option<ArrivalEstimate>,
+    /// Messages one replica holds at once (its prefetch), seen while saturated.
+    pub slots_per_replica: Option<f64>,
 }
+
+/// Smoothed arrival rate and its short-term trend (Holt's linear smoothing of the broker's
+/// publish rate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ArrivalEstimate {
+    /// Messages per second.
+    pub rate: f64,
+    /// Change of the rate, messages per second per second.
+    pub trend: f64,
+    /// When the last sample was folded in.
+    pub at: Timestamp,
+}
+
+/// Weight of the newest publish-rate sample in the arrival estimate.
+pub const ARRIVAL_ALPHA: f64 = 0.2;
+/// Weight of the newest slope in the arrival trend.
+pub const TREND_BETA: f64 = 0.1;
+/// A trend older than this many poll intervals without a sample is dropped.
+const TREND_MAX_GAP_POLLS: f64 = 4.0;
+/// Share of `maxMessageWait` that waiting messages may use as a buffer in steady state.
+pub const WAIT_BUFFER_SHARE: f64 = 0.4;
+/// Share of `maxMessageWait` in which waiting beyond the buffer is drained; the rest covers
+/// the time new replicas need to start and the age of the broker's statistics.
+pub const WAIT_DRAIN_SHARE: f64 = 0.3;
+/// Replicas of shortfall left to the queue while it is within its buffer.
+pub const WAIT_UP_SLACK: f64 = 0.5;
 
 /// Weight of the newest sample in the smoothed per-replica throughput.
 pub const THROUGHPUT_EWMA_ALPHA: f64 = 0.3;
@@ -152,7 +189,14 @@ struct Objective {
     text: String,
 }
 
-fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &History) -> Objective {
+fn objective(
+    backlog: i64,
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    history: &History,
+    current: i32,
+    now: Timestamp,
+) -> Objective {
     let per = cfg.backlog_per_replica.max(1);
     let by_backlog = saturate_i32(ceil_div(backlog, per));
     let backlog_text = if backlog == 0 {
@@ -160,6 +204,15 @@ fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &Hist
     } else {
         format!("backlog {backlog} at {per}/replica → {by_backlog}")
     };
+    if let Some(wait) = cfg.max_message_wait.filter(|w| !w.is_zero()) {
+        return match wait_objective(obs, cfg, history, current, now, wait) {
+            Some(obj) => obj,
+            None => Objective {
+                replicas: by_backlog,
+                text: format!("{backlog_text} (throughput not yet measured)"),
+            },
+        };
+    }
     let Some(drain) = cfg.max_drain_time.filter(|d| !d.is_zero()) else {
         return Objective {
             replicas: by_backlog,
@@ -208,6 +261,138 @@ fn objective(backlog: i64, obs: &Observation, cfg: &PolicyConfig, history: &Hist
     }
 }
 
+/// Policy v2: the message-wait objective. None until the per-replica throughput is measured.
+///
+/// With μ the smoothed per-replica throughput, λ the smoothed arrival rate, s its rising
+/// trend (falling trends are ignored: scale down on what is seen, not on a forecast), Q the
+/// messages waiting (ready; in-flight ones are already being served), n the current count,
+/// W = `maxMessageWait` and h = startupDelay + pollInterval (how long until a replica asked
+/// for now consumes, and until the next look):
+///
+/// ```text
+/// λ⁺  = λ + min(s·h, λ/2)                    arrivals when new replicas are up
+/// Q⁺  = max(0, Q + (λ + (λ⁺−λ)/2 − n·μ)·h)   waiting by then with the current fleet
+/// Q*  = λ⁺ · W · WAIT_BUFFER_SHARE           waiting messages the objective accepts
+/// need = (λ⁺ + max(0, Q⁺ − Q*) / (W · WAIT_DRAIN_SHARE)) / μ
+/// ```
+///
+/// The queue is a buffer: up to Q* waiting messages (a wait of W · WAIT_BUFFER_SHARE) are
+/// fine. While the queue is within it, a scale-up waits until the need exceeds the current
+/// count by [`WAIT_UP_SLACK`] (the queue absorbs the rest); beyond Q* the excess is drained
+/// within W · WAIT_DRAIN_SHARE. The need grows with the backlog, never falls with it.
+fn wait_objective(
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    history: &History,
+    current: i32,
+    now: Timestamp,
+    wait: Duration,
+) -> Option<Objective> {
+    let mu = history
+        .per_replica_throughput
+        .filter(|m| valid_rate(*m) && *m > 0.0)?;
+    let estimate = arrival_update(history.arrival, obs, cfg, now);
+    let (rate, trend, known) = match estimate {
+        Some(e) => (e.rate, e.trend.max(0.0), true),
+        // No publish rate: what is being consumed is a lower bound of what arrives.
+        None => (
+            obs.ack_rate
+                .or(obs.deliver_rate)
+                .filter(|r| valid_rate(*r))
+                .unwrap_or(0.0),
+            0.0,
+            false,
+        ),
+    };
+    let waiting = waiting_of(obs);
+    let h = (cfg.startup_delay + cfg.poll_interval).as_secs_f64();
+    let w = wait.as_secs_f64();
+    let rise = (trend * h).min(rate / 2.0);
+    let rate_up = rate + rise;
+    let capacity = f64::from(current.max(0)) * mu;
+    // waiting is at most i64::MAX; as f64 it is approximate only far beyond real queues.
+    let projected = (waiting as f64 + (rate + rise / 2.0 - capacity) * h).max(0.0);
+    let accepted = rate_up * w * WAIT_BUFFER_SHARE;
+    let excess = projected - accepted;
+    let drain = (w * WAIT_DRAIN_SHARE).max(1.0);
+    let mut need = (rate_up + excess.max(0.0) / drain) / mu;
+    // Within the buffer a shortfall of less than WAIT_UP_SLACK replicas is left to the
+    // queue (noise in the rates would otherwise add a replica and remove it again); once
+    // the waiting messages pass the buffer, the full need applies.
+    if excess <= 0.0 && need > f64::from(current) {
+        need = (need - WAIT_UP_SLACK).max(f64::from(current));
+    }
+    let mut replicas = ceil_to_i32(need);
+    // Messages in the queue always get a consumer.
+    if obs.backlog > 0 {
+        replicas = replicas.max(1);
+    }
+    let trend_text = if rise >= 0.05 * rate && rise > 0.0 {
+        format!(" rising {}/s²", fmt_rate(trend))
+    } else {
+        String::new()
+    };
+    let unknown = if known { "" } else { " (publish rate unknown)" };
+    Some(Objective {
+        replicas,
+        text: format!(
+            "arrivals {}/s{trend_text}{unknown}, {waiting} waiting (≈{} in {}, {} accepted) at {}/s per replica, wait ≤ {} → {replicas}",
+            fmt_rate(rate),
+            projected.round(),
+            fmt_dur(Duration::from_secs_f64(h)),
+            accepted.round(),
+            fmt_rate(mu),
+            fmt_dur(wait),
+        ),
+    })
+}
+
+/// Messages waiting for a consumer: ready ones, or the backlog minus those in flight.
+fn waiting_of(obs: &Observation) -> i64 {
+    obs.ready
+        .unwrap_or_else(|| {
+            obs.backlog
+                .max(0)
+                .saturating_sub(obs.unacked.unwrap_or(0).max(0))
+        })
+        .max(0)
+}
+
+/// The arrival estimate after folding in this reading's publish rate (Holt's linear
+/// smoothing: level weight [`ARRIVAL_ALPHA`], trend weight [`TREND_BETA`]). Without a
+/// usable publish rate the previous estimate stands.
+fn arrival_update(
+    prev: Option<ArrivalEstimate>,
+    obs: &Observation,
+    cfg: &PolicyConfig,
+    now: Timestamp,
+) -> Option<ArrivalEstimate> {
+    let Some(sample) = obs.publish_rate.filter(|r| valid_rate(*r)) else {
+        return prev;
+    };
+    let Some(prev) = prev.filter(|p| valid_rate(p.rate) && p.trend.is_finite()) else {
+        return Some(ArrivalEstimate {
+            rate: sample,
+            trend: 0.0,
+            at: now,
+        });
+    };
+    let dt = elapsed(prev.at, now).as_secs_f64();
+    if dt <= 0.0 {
+        return Some(prev);
+    }
+    let max_gap = cfg.poll_interval.as_secs_f64().max(1.0) * TREND_MAX_GAP_POLLS;
+    let trend = if dt > max_gap { 0.0 } else { prev.trend };
+    let predicted = (prev.rate + trend * dt).max(0.0);
+    let rate = ARRIVAL_ALPHA * sample + (1.0 - ARRIVAL_ALPHA) * predicted;
+    let trend = TREND_BETA * (rate - prev.rate) / dt + (1.0 - TREND_BETA) * trend;
+    Some(ArrivalEstimate {
+        rate: rate.max(0.0),
+        trend: if trend.is_finite() { trend } else { 0.0 },
+        at: now,
+    })
+}
+
 fn decide_observed(
     obs: &Observation,
     cfg: &PolicyConfig,
@@ -220,7 +405,7 @@ fn decide_observed(
     let backlog = obs.backlog.max(0);
     let activation = cfg.activation_backlog.max(0);
     let idle = backlog <= activation;
-    let obj = objective(backlog, obs, cfg, history);
+    let obj = objective(backlog, obs, cfg, history, current, now);
     let mut limit = None;
     let mut notes = String::new();
 
@@ -562,6 +747,32 @@ fn throughput_sample(obs: &Observation, current: i32) -> Option<f64> {
     (sample.is_finite() && sample > 0.0).then_some(sample)
 }
 
+/// Messages one replica holds at once (its prefetch), from a saturated reading: every
+/// consumer's prefetch is full, so `unacked / consumers` is the prefetch.
+fn slots_sample(obs: &Observation, current: i32) -> Option<f64> {
+    let busy = match obs.consumers {
+        Some(c) if c > 0 => c,
+        _ => i64::from(current),
+    };
+    let unacked = obs.unacked.filter(|u| *u > 0)?;
+    (busy > 0).then(|| unacked as f64 / busy as f64)
+}
+
+/// Per-replica throughput from a reading whose consumers are not saturated, by Little's
+/// law: the mean processing time is `unacked / ack rate`, and a replica processes `slots`
+/// messages at once, so it completes `slots × ack rate / unacked` per second when busy.
+/// Needs a handful of messages in flight to say anything.
+fn unsaturated_throughput_sample(obs: &Observation, slots: f64) -> Option<f64> {
+    let unacked = obs.unacked.filter(|u| *u >= MIN_IN_FLIGHT_FOR_LITTLE)?;
+    let positive = |r: &f64| valid_rate(*r) && *r > 0.0;
+    let rate = obs.ack_rate.filter(positive)?;
+    let sample = slots * rate / unacked as f64;
+    (sample.is_finite() && sample > 0.0 && slots.is_finite() && slots > 0.0).then_some(sample)
+}
+
+/// Fewest messages in flight for a Little's-law throughput sample.
+const MIN_IN_FLIGHT_FOR_LITTLE: i64 = 5;
+
 impl History {
     /// History for an object first seen at `now` with `current` replicas: scale-down waits a
     /// full window after an operator restart.
@@ -599,7 +810,19 @@ impl History {
                 if obs.backlog.max(0) > cfg.activation_backlog.max(0) {
                     self.last_active = Some(now);
                 }
-                if let Some(sample) = throughput_sample(obs, current) {
+                self.arrival = arrival_update(self.arrival, obs, cfg, now);
+                let sample = match throughput_sample(obs, current) {
+                    Some(sample) => {
+                        if let Some(slots) = slots_sample(obs, current) {
+                            self.slots_per_replica = Some(slots);
+                        }
+                        Some(sample)
+                    }
+                    None => self
+                        .slots_per_replica
+                        .and_then(|slots| unsaturated_throughput_sample(obs, slots)),
+                };
+                if let Some(sample) = sample {
                     let prev = self
                         .per_replica_throughput
                         .filter(|m| valid_rate(*m) && *m > 0.0);
@@ -667,6 +890,8 @@ mod tests {
             activation_backlog: 0,
             scale_to_zero_cooldown: Duration::from_secs(300),
             fallback: Fallback::Hold,
+            max_message_wait: None,
+            startup_delay: Duration::from_secs(20),
         }
     }
 
@@ -778,6 +1003,8 @@ mod tests {
             scale_down_max_step: r.pick(&[None, Some(1), Some(3)]),
             activation_backlog: r.pick(&[0, 5, 100]),
             scale_to_zero_cooldown: Duration::from_secs(r.pick(&[0, 60, 300])),
+            max_message_wait: r.pick(&[None, Some(Duration::from_secs(90))]),
+            startup_delay: Duration::from_secs(20),
             fallback: if r.range(0, 1) == 0 {
                 Fallback::Hold
             } else {
@@ -1689,5 +1916,196 @@ mod tests {
                 h2.record(Input::Observed(&obs(b)), &d, &weird, current, t(0));
             }
         }
+    }
+
+    // ---- policy v2: the message-wait objective ----
+
+    fn wait_cfg() -> PolicyConfig {
+        PolicyConfig {
+            max_message_wait: Some(Duration::from_secs(90)),
+            scale_down_window: Duration::from_secs(120),
+            max_replicas: 100,
+            ..cfg()
+        }
+    }
+
+    /// A reading of a queue fed at `rate`/s with `waiting` ready messages and `current`
+    /// replicas of 10 slots each doing 20/s.
+    fn load(rate: f64, waiting: i64, current: i32) -> Observation {
+        // Messages waiting means every replica is busy.
+        let busy = if waiting > 0 {
+            f64::from(current)
+        } else {
+            (rate / 20.0).min(f64::from(current))
+        };
+        Observation {
+            backlog: waiting + (busy * 10.0) as i64,
+            ready: Some(waiting),
+            unacked: Some((busy * 10.0) as i64),
+            consumers: Some(i64::from(current)),
+            publish_rate: Some(rate),
+            ack_rate: Some(busy * 20.0),
+            deliver_rate: Some(busy * 20.0),
+            ..obs(0)
+        }
+    }
+
+    fn measured() -> History {
+        History {
+            per_replica_throughput: Some(20.0),
+            slots_per_replica: Some(10.0),
+            ..History::default()
+        }
+    }
+
+    #[test]
+    fn wait_objective_sizes_to_arrivals_and_uses_the_buffer() {
+        let c = wait_cfg();
+        // 200/s at 20/s per replica, nothing waiting: 10 replicas.
+        let d = observed(&load(200.0, 0, 10), &c, &measured(), 10, 0);
+        assert_eq!(d.desired, 10, "{}", d.reason);
+        assert!(
+            d.reason.starts_with("arrivals 200.0/s, 0 waiting"),
+            "{}",
+            d.reason
+        );
+        // A waiting backlog inside the buffer (200/s × 90 s × 0.4 = 7200) asks for little more.
+        let d = observed(&load(200.0, 3000, 10), &c, &measured(), 10, 0);
+        assert_eq!(d.desired, 10, "{}", d.reason);
+        // Beyond the buffer it is drained within 27 s: (200 + (12000 − 7200)/27)/20 → 19.
+        let d = observed(&load(200.0, 12_000, 10), &c, &measured(), 10, 0);
+        assert_eq!(d.desired, 19, "{}", d.reason);
+        // Throughput not yet measured: the backlog objective (KEDA meaning) applies.
+        let d = observed(&load(200.0, 1000, 1), &c, &History::default(), 1, 0);
+        assert!(
+            d.reason.contains("throughput not yet measured"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn backlog_per_replica_keeps_its_meaning_without_a_wait_objective() {
+        let d = observed(&obs(1000), &cfg(), &measured(), 1, 0);
+        assert_eq!(d.desired, 10);
+    }
+
+    #[test]
+    fn wait_objective_never_outside_bounds_and_monotone_in_backlog() {
+        let mut rng = Rng(11);
+        for _ in 0..3000 {
+            let min = i32::try_from(rng.range(0, 5)).expect("small");
+            let max = min + i32::try_from(rng.range(1, 60)).expect("small");
+            let c = PolicyConfig {
+                min_replicas: min,
+                max_replicas: max,
+                scale_down_window: Duration::ZERO,
+                ..wait_cfg()
+            };
+            let current = i32::try_from(rng.range(0, 80)).expect("small");
+            let rate = rng.range(0, 2000) as f64;
+            let waiting = rng.range(0, 200_000);
+            let h = measured();
+            let a = observed(&load(rate, waiting, current), &c, &h, current, 0);
+            assert!(a.desired >= min && a.desired <= max, "{a:?}");
+            let more = waiting + rng.range(1, 50_000);
+            let b = observed(&load(rate, more, current), &c, &h, current, 0);
+            assert!(
+                b.desired >= a.desired,
+                "{waiting} → {}, {more} → {}",
+                a.desired,
+                b.desired
+            );
+        }
+    }
+
+    #[test]
+    fn wait_objective_constant_load_gives_constant_count() {
+        let mut sim = Sim::seeded(wait_cfg(), 10);
+        sim.history.per_replica_throughput = Some(20.0);
+        sim.history.slots_per_replica = Some(10.0);
+        for _ in 0..200 {
+            let o = load(190.0, 0, sim.current);
+            let d = sim.tick(Input::Observed(&o), 5);
+            assert_eq!(d.desired, 10, "{}", d.reason);
+        }
+    }
+
+    #[test]
+    fn wait_objective_noisy_steady_load_gives_few_changes() {
+        let mut sim = Sim::seeded(wait_cfg(), 10);
+        sim.history.per_replica_throughput = Some(20.0);
+        sim.history.slots_per_replica = Some(10.0);
+        let mut rng = Rng(5);
+        let mut changes = 0;
+        for _ in 0..720 {
+            // One hour of 5 s readings: rate 180 ± 15 %, a few messages waiting now and then.
+            let rate = 180.0 * (0.85 + 0.3 * rng.range(0, 1000) as f64 / 1000.0);
+            let waiting = rng.range(0, 300);
+            let o = load(rate, waiting, sim.current);
+            let before = sim.current;
+            let d = sim.tick(Input::Observed(&o), 5);
+            if d.desired != before {
+                changes += 1;
+            }
+        }
+        assert!(changes <= 6, "{changes} changes in an hour of steady load");
+    }
+
+    #[test]
+    fn wait_objective_missing_data_never_lowers() {
+        let c = wait_cfg();
+        let mut h = measured();
+        let o = load(400.0, 20_000, 10);
+        let d = decide(Input::Observed(&o), &c, &h, 10, t(0));
+        h.record(Input::Observed(&o), &d, &c, 10, t(0));
+        let up = d.desired;
+        assert!(up > 10);
+        for k in 1..100 {
+            let d = decide(Input::Unavailable, &c, &h, up, t(5 * k));
+            h.record(Input::Unavailable, &d, &c, up, t(5 * k));
+            assert_eq!(d.desired, up);
+        }
+    }
+
+    #[test]
+    fn wait_objective_projects_a_rising_trend() {
+        let c = wait_cfg();
+        let mut h = measured();
+        // The rate climbs 2/s every second: the estimate learns the trend.
+        for k in 0..40 {
+            let rate = 100.0 + 10.0 * f64::from(k);
+            let o = load(rate, 0, 30);
+            let d = decide(Input::Observed(&o), &c, &h, 30, t(5 * i64::from(k)));
+            h.record(Input::Observed(&o), &d, &c, 30, t(5 * i64::from(k)));
+        }
+        let e = h.arrival.expect("estimated");
+        assert!(e.trend > 1.0 && e.trend < 3.0, "{e:?}");
+        let o = load(500.0, 0, 25);
+        let d = decide(Input::Observed(&o), &c, &h, 25, t(200));
+        // Arrivals in 25 s are higher than now: more than 500/20 = 25.
+        assert!(d.desired > 25, "{}", d.reason);
+        assert!(d.reason.contains("rising"), "{}", d.reason);
+    }
+
+    #[test]
+    fn throughput_learned_without_saturation_by_littles_law() {
+        let mut h = History::default();
+        // Saturated once: 4 consumers, 40 in flight (10 slots each), 80/s.
+        let mut o = saturated(50, Some(4), Some(80.0));
+        o.unacked = Some(40);
+        record_obs(&mut h, &o, 4);
+        assert_eq!(h.slots_per_replica, Some(10.0));
+        assert_eq!(h.per_replica_throughput, Some(20.0));
+        // Not saturated: 10 in flight completing 40/s → 0.25 s each → 40/s per replica.
+        let mut o = saturated(0, Some(4), Some(40.0));
+        o.unacked = Some(10);
+        record_obs(&mut h, &o, 4);
+        let mu = h.per_replica_throughput.expect("measured");
+        assert!((mu - (0.3 * 40.0 + 0.7 * 20.0)).abs() < 1e-9, "{mu}");
+        // Too few in flight: no sample.
+        o.unacked = Some(2);
+        record_obs(&mut h, &o, 4);
+        assert_eq!(h.per_replica_throughput, Some(mu));
     }
 }

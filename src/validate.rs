@@ -47,8 +47,14 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SCALE_UP_WINDOW: Duration = Duration::ZERO;
 /// Default `behavior.scaleDown.stabilizationWindow`.
 pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
+/// Default `behavior.scaleDown.stabilizationWindow` with `objective.maxMessageWait`: the
+/// wait objective smooths its inputs and uses the queue as a buffer, so a shorter window
+/// suffices.
+pub const DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT: Duration = Duration::from_secs(120);
 /// Default `behavior.scaleToZeroCooldown`.
 pub const DEFAULT_SCALE_TO_ZERO_COOLDOWN: Duration = Duration::from_secs(300);
+/// Default `behavior.startupDelay`.
+pub const DEFAULT_STARTUP_DELAY: Duration = Duration::from_secs(20);
 /// Default `fallback.afterFailures`.
 pub const DEFAULT_AFTER_FAILURES: u32 = 3;
 
@@ -248,6 +254,16 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
         )
     });
 
+    let max_message_wait = spec.objective.max_message_wait.as_deref().and_then(|s| {
+        p.duration(
+            "spec.objective.maxMessageWait",
+            s,
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(24 * 3600)),
+            "between 10s and 24h",
+        )
+    });
+
     // Behavior.
     let default_behavior = BehaviorSpec::default();
     let b = spec.behavior.as_ref().unwrap_or(&default_behavior);
@@ -273,7 +289,11 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
     let (scale_down_window, scale_down_max_step) = check_rules(
         "spec.behavior.scaleDown",
         b.scale_down.as_ref(),
-        DEFAULT_SCALE_DOWN_WINDOW,
+        if spec.objective.max_message_wait.is_some() {
+            DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT
+        } else {
+            DEFAULT_SCALE_DOWN_WINDOW
+        },
         &mut p,
     );
     let activation_backlog = b.activation_backlog.unwrap_or(0);
@@ -287,6 +307,20 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
         .as_deref()
         .and_then(|s| p.duration("spec.behavior.scaleToZeroCooldown", s, None, None, ""))
         .unwrap_or(DEFAULT_SCALE_TO_ZERO_COOLDOWN);
+
+    let startup_delay = b
+        .startup_delay
+        .as_deref()
+        .and_then(|s| {
+            p.duration(
+                "spec.behavior.startupDelay",
+                s,
+                None,
+                Some(ONE_HOUR),
+                "at most 1h",
+            )
+        })
+        .unwrap_or(DEFAULT_STARTUP_DELAY);
 
     // Fallback.
     let fallback = check_fallback(spec.fallback.as_ref(), spec, &mut p);
@@ -316,6 +350,8 @@ pub fn validate(spec: &ScaledConsumerSpec) -> Result<ValidSpec, SpecError> {
             activation_backlog,
             scale_to_zero_cooldown,
             fallback,
+            max_message_wait,
+            startup_delay,
         },
         source,
     })
@@ -612,6 +648,8 @@ mod tests {
         assert_eq!(p.activation_backlog, 0);
         assert_eq!(p.scale_to_zero_cooldown, Duration::from_secs(300));
         assert_eq!(p.fallback, Fallback::Hold);
+        assert_eq!(p.max_message_wait, None);
+        assert_eq!(p.startup_delay, Duration::from_secs(20));
         assert_eq!(v.target.name, "worker");
         let ValidSource::RabbitMq {
             management_url,
@@ -627,6 +665,40 @@ mod tests {
         assert_eq!(credentials.name, "rabbit-creds");
         assert_eq!(credentials.username_key, "username");
         assert_eq!(credentials.password_key, "password");
+    }
+
+    #[test]
+    fn message_wait_objective_and_startup_delay() {
+        let v = with(base(), "/objective/maxMessageWait", json!("90s"));
+        let v = with(v, "/behavior", json!({"startupDelay": "45s"}));
+        let p = validate(&spec(v)).expect("valid").policy;
+        assert_eq!(p.max_message_wait, Some(Duration::from_secs(90)));
+        assert_eq!(p.startup_delay, Duration::from_secs(45));
+        // A shorter default scale-down window with the wait objective; an explicit one wins.
+        assert_eq!(p.scale_down_window, Duration::from_secs(120));
+        let v = with(base(), "/objective/maxMessageWait", json!("90s"));
+        let v = with(
+            v,
+            "/behavior",
+            json!({"scaleDown": {"stabilizationWindow": "5m"}}),
+        );
+        let p = validate(&spec(v)).expect("valid").policy;
+        assert_eq!(p.scale_down_window, Duration::from_secs(300));
+        let v = with(base(), "/objective/maxMessageWait", json!("5s"));
+        assert_eq!(
+            one_problem(v),
+            "spec.objective.maxMessageWait (\"5s\") must be between 10s and 24h"
+        );
+        let v = with(base(), "/objective/maxMessageWait", json!("soon"));
+        assert!(
+            one_problem(v)
+                .starts_with("spec.objective.maxMessageWait (\"soon\") is not a valid duration")
+        );
+        let v = with(base(), "/behavior", json!({"startupDelay": "2h"}));
+        assert_eq!(
+            one_problem(v),
+            "spec.behavior.startupDelay (\"2h\") must be at most 1h"
+        );
     }
 
     #[test]
