@@ -29,7 +29,7 @@ pub enum Command {
     /// Print the ScaledConsumer CustomResourceDefinition as YAML.
     Crd,
     /// Replay a traffic trace through nerite's policy, KEDA + HPA and others, side by side.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,7 +190,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run(args) => run(*args),
-        Command::Simulate(args) => simulate(args),
+        Command::Simulate(args) => simulate(*args),
     }
 }
 
