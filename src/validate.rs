@@ -9,10 +9,11 @@
 use std::time::Duration;
 
 use crate::api::{
-    BehaviorSpec, FallbackMode, FallbackSpec, RabbitMqSource, ScaleTargetRef, ScaledConsumerSpec,
-    ScalingRules, SecretKeysRef,
+    BehaviorSpec, FallbackMode, FallbackSpec, PrefetchMode, RabbitMqSource, ScaleTargetRef,
+    ScaledConsumerSpec, ScalingRules, SecretKeysRef,
 };
 use crate::policy::{Fallback, PolicyConfig};
+use crate::source::rabbitmq::reconcile::{Delivery, ValidDeadLetter, ValidPrefetch};
 
 /// A spec that passed validation, with defaults applied and durations parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,8 @@ pub enum ValidSource {
         queue: String,
         include_unacked: bool,
         credentials: SecretKeysRef,
+        prefetch: Option<ValidPrefetch>,
+        dead_letter: Option<ValidDeadLetter>,
     },
 }
 
@@ -408,12 +411,177 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
         return None;
     };
     check_rabbitmq(r, p);
+    let prefetch = check_prefetch(r, p);
+    let dead_letter = check_dead_letter(r, p);
     Some(ValidSource::RabbitMq {
         management_url: r.management_url.clone(),
         vhost: r.vhost.clone(),
         queue: r.queue.clone(),
         include_unacked: r.include_unacked,
         credentials: r.credentials_secret_ref.clone(),
+        prefetch,
+        dead_letter,
+    })
+}
+
+/// `spec.source.rabbitmq.prefetch`: bounds, delivery target (required by `Apply`), hysteresis.
+fn check_prefetch(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidPrefetch> {
+    const F: &str = "spec.source.rabbitmq.prefetch";
+    let spec = r.prefetch.as_ref()?;
+    if spec.mode == PrefetchMode::Off {
+        return None;
+    }
+    let bound = |p: &mut Problems, name: &str, v: Option<i32>, default: u16| match v {
+        None => default,
+        Some(n) => match u16::try_from(n) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                p.add(format!("{F}.{name} ({n}) must be between 1 and 65535"));
+                default
+            }
+        },
+    };
+    let min = bound(p, "min", spec.min, 1);
+    let max = bound(p, "max", spec.max, 1000);
+    if min > max {
+        p.add(format!("{F}.min ({min}) must not exceed {F}.max ({max})"));
+    }
+    let min_change_percent = match spec.min_change_percent {
+        None => 25,
+        Some(n) if (0..=1000).contains(&n) => n.unsigned_abs(),
+        Some(n) => {
+            p.add(format!(
+                "{F}.minChangePercent ({n}) must be between 0 and 1000"
+            ));
+            25
+        }
+    };
+    let min_interval = spec
+        .min_interval
+        .as_deref()
+        .and_then(|s| {
+            p.duration(
+                &format!("{F}.minInterval"),
+                s,
+                Some(ONE_SECOND),
+                None,
+                "at least 1s",
+            )
+        })
+        .unwrap_or(Duration::from_secs(600));
+    let deliver_to = match &spec.deliver_to {
+        None => None,
+        Some(d) => match (&d.env, &d.config_map) {
+            (Some(e), None) => {
+                p.non_empty(
+                    &format!("{F}.deliverTo.env.container"),
+                    &e.container,
+                    Some(63),
+                );
+                p.non_empty(&format!("{F}.deliverTo.env.name"), &e.name, Some(253));
+                Some(Delivery::Env {
+                    container: e.container.clone(),
+                    name: e.name.clone(),
+                })
+            }
+            (None, Some(c)) => {
+                p.non_empty(&format!("{F}.deliverTo.configMap.name"), &c.name, Some(253));
+                p.non_empty(&format!("{F}.deliverTo.configMap.key"), &c.key, Some(253));
+                Some(Delivery::ConfigMap {
+                    name: c.name.clone(),
+                    key: c.key.clone(),
+                })
+            }
+            _ => {
+                p.add(format!(
+                    "{F}.deliverTo: exactly one of env and configMap must be set"
+                ));
+                None
+            }
+        },
+    };
+    if spec.mode == PrefetchMode::Apply && spec.deliver_to.is_none() {
+        p.add(format!("{F}.deliverTo is required when {F}.mode is Apply"));
+    }
+    Some(ValidPrefetch {
+        apply: spec.mode == PrefetchMode::Apply,
+        min,
+        max: max.max(min),
+        deliver_to,
+        min_change_percent,
+        min_interval,
+    })
+}
+
+/// `spec.source.rabbitmq.deadLetter`: names (defaults from the queue), the delivery limit and
+/// the redrive request.
+fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLetter> {
+    const F: &str = "spec.source.rabbitmq.deadLetter";
+    let spec = r.dead_letter.as_ref()?;
+    let queue = spec
+        .queue
+        .clone()
+        .unwrap_or_else(|| format!("{}.dlq", r.queue));
+    let exchange = spec
+        .exchange
+        .clone()
+        .unwrap_or_else(|| format!("{}.dlx", r.queue));
+    let routing_key = spec.routing_key.clone().unwrap_or_else(|| queue.clone());
+    p.non_empty(&format!("{F}.queue"), &queue, Some(255));
+    p.non_empty(&format!("{F}.exchange"), &exchange, Some(255));
+    p.non_empty(&format!("{F}.routingKey"), &routing_key, Some(255));
+    if queue == r.queue {
+        p.add(format!(
+            "{F}.queue ({}) must differ from spec.source.rabbitmq.queue",
+            quote(&queue)
+        ));
+    }
+    if exchange.is_empty() || exchange.starts_with("amq.") {
+        p.add(format!(
+            "{F}.exchange ({}) must not be the default exchange or an amq.* exchange",
+            quote(&exchange)
+        ));
+    }
+    let max_deliveries = match spec.max_deliveries {
+        None => None,
+        Some(n) if n >= 1 => Some(n.unsigned_abs()),
+        Some(n) => {
+            p.add(format!("{F}.maxDeliveries ({n}) must be at least 1"));
+            None
+        }
+    };
+    let mut max_in_flight = 1000u16;
+    let redrive_request = spec.redrive.as_ref().map(|rd| {
+        let id = &rd.request_id;
+        let ok = !id.is_empty()
+            && id.len() <= 63
+            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            p.add(format!(
+                "{F}.redrive.requestId ({}) must be 1-63 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
+                quote(id)
+            ));
+        }
+        if let Some(n) = rd.max_in_flight {
+            match u16::try_from(n) {
+                Ok(n) if n >= 1 => max_in_flight = n,
+                _ => p.add(format!(
+                    "{F}.redrive.maxInFlight ({n}) must be between 1 and 65535"
+                )),
+            }
+        }
+        id.clone()
+    });
+    Some(ValidDeadLetter {
+        queue,
+        exchange,
+        routing_key,
+        max_deliveries,
+        redrive_request,
+        max_in_flight,
     })
 }
 
@@ -619,6 +787,7 @@ mod tests {
             queue,
             include_unacked,
             credentials,
+            ..
         } = v.source;
         assert_eq!(management_url, "http://rabbitmq.default.svc:15672");
         assert_eq!(vhost, "/");
