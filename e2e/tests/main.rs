@@ -5,6 +5,8 @@
 //! their broker start a private one.
 
 mod operator;
+mod rabbitmq_deadletter;
+mod rabbitmq_prefetch;
 mod rabbitmq_source;
 mod support;
 
@@ -17,6 +19,8 @@ fn main() -> ExitCode {
     let env = support::Env::new();
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
+    trials.extend(rabbitmq_deadletter::trials(&env));
+    trials.extend(rabbitmq_prefetch::trials(&env));
     trials.extend(operator::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);

@@ -524,6 +524,67 @@ impl Extras {
             last_applied_time: prev.and_then(|p| p.last_applied_time.clone()),
             ..PrefetchStatus::default()
         };
+        // Apply: the value in force where nerite delivers it (and a missing container) first.
+        let delivery = match (pf.apply, &pf.deliver_to) {
+            (false, _) => None,
+            (true, None) => {
+                return (
+                    st,
+                    CondUpdate::new(
+                        PREFETCH,
+                        false,
+                        "InvalidSpec",
+                        "prefetch.deliverTo is required for Apply",
+                    ),
+                );
+            }
+            (true, Some(delivery)) => {
+                let delivered = match delivery {
+                    Delivery::Env { container, name } => {
+                        match kube.template_env(i.workload, container, name).await {
+                            Ok(TemplateEnv::Found(v)) => v,
+                            Ok(TemplateEnv::ContainerMissing { containers }) => {
+                                let msg = format!(
+                                    "container {container:?} is not in the pod template of {} {} (containers: {})",
+                                    i.workload.kind,
+                                    i.workload.name,
+                                    if containers.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        containers.join(", ")
+                                    }
+                                );
+                                return (
+                                    st,
+                                    CondUpdate::new(PREFETCH, false, "ContainerNotFound", msg),
+                                );
+                            }
+                            Err(e) => {
+                                return (
+                                    st,
+                                    CondUpdate::new(PREFETCH, false, e.reason(), e.to_string()),
+                                );
+                            }
+                        }
+                    }
+                    Delivery::ConfigMap { name, key } => {
+                        match kube
+                            .config_map_value(&i.sc.namespace().unwrap_or_default(), name, key)
+                            .await
+                        {
+                            Ok(v) => v,
+                            Err(e) => {
+                                return (
+                                    st,
+                                    CondUpdate::new(PREFETCH, false, e.reason(), e.to_string()),
+                                );
+                            }
+                        }
+                    }
+                };
+                Some((delivery, delivered))
+            }
+        };
         let Some(obs) = i.observation else {
             st.reason = Some("no reading of the queue this tick".into());
             return (
@@ -568,7 +629,7 @@ impl Extras {
         };
         st.recommended = i32::try_from(rec.value).ok();
         st.reason = Some(rec.reason.clone());
-        if !pf.apply {
+        let Some((delivery, delivered)) = delivery else {
             return (
                 st,
                 CondUpdate::new(
@@ -578,61 +639,6 @@ impl Extras {
                     format!("recommended {}: {}", rec.value, rec.reason),
                 ),
             );
-        }
-        let Some(delivery) = &pf.deliver_to else {
-            return (
-                st,
-                CondUpdate::new(
-                    PREFETCH,
-                    false,
-                    "InvalidSpec",
-                    "prefetch.deliverTo is required for Apply",
-                ),
-            );
-        };
-        // The value in force where nerite delivers it.
-        let delivered = match delivery {
-            Delivery::Env { container, name } => {
-                match kube.template_env(i.workload, container, name).await {
-                    Ok(TemplateEnv::Found(v)) => v,
-                    Ok(TemplateEnv::ContainerMissing { containers }) => {
-                        let msg = format!(
-                            "container {container:?} is not in the pod template of {} {} (containers: {})",
-                            i.workload.kind,
-                            i.workload.name,
-                            if containers.is_empty() {
-                                "none".to_string()
-                            } else {
-                                containers.join(", ")
-                            }
-                        );
-                        return (
-                            st,
-                            CondUpdate::new(PREFETCH, false, "ContainerNotFound", msg),
-                        );
-                    }
-                    Err(e) => {
-                        return (
-                            st,
-                            CondUpdate::new(PREFETCH, false, e.reason(), e.to_string()),
-                        );
-                    }
-                }
-            }
-            Delivery::ConfigMap { name, key } => {
-                match kube
-                    .config_map_value(&i.sc.namespace().unwrap_or_default(), name, key)
-                    .await
-                {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return (
-                            st,
-                            CondUpdate::new(PREFETCH, false, e.reason(), e.to_string()),
-                        );
-                    }
-                }
-            }
         };
         let delivered_num = delivered
             .as_deref()
