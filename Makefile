@@ -38,5 +38,12 @@ deps:
 demo: deps
 	$(CARGO) run -q -p nerite-testkit --bin nerite-demo
 
+## RabbitMQ: management-API calls and bytes per tick, shared poller vs one call per object.
+.PHONY: bench
+bench: bench-rabbitmq
+.PHONY: bench-rabbitmq
+bench-rabbitmq: deps
+	$(CARGO) run -q -p nerite-testkit --bin nerite-bench-rabbitmq
+
 clean:
 	$(CARGO) clean
