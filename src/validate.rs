@@ -1207,4 +1207,70 @@ mod tests {
             assert_eq!(parse_duration(want), Ok(d), "round trip {want}");
         }
     }
+
+    #[test]
+    fn dead_letter_defaults_follow_the_queue() {
+        let v = with(
+            base(),
+            "/source/rabbitmq/deadLetter",
+            json!({"maxDeliveries": 3}),
+        );
+        let ValidSource::RabbitMq { dead_letter, .. } = validate(&spec(v)).expect("valid").source;
+        let dl = dead_letter.expect("deadLetter");
+        assert_eq!(dl.queue, "orders.dlq");
+        assert_eq!(dl.exchange, "orders.dlx");
+        assert_eq!(dl.routing_key, "orders.dlq");
+        assert_eq!(dl.max_deliveries, Some(3));
+        assert_eq!(dl.redrive_request, None);
+    }
+
+    #[test]
+    fn dead_letter_problems() {
+        let v = with(
+            base(),
+            "/source/rabbitmq/deadLetter",
+            json!({
+                "queue": "orders", "exchange": "amq.direct", "maxDeliveries": 0,
+                "redrive": {"requestId": "-bad id", "maxInFlight": 0}
+            }),
+        );
+        let p = problems(v).join("\n");
+        for field in [
+            "deadLetter.queue",
+            "deadLetter.exchange",
+            "maxDeliveries",
+            "requestId",
+            "maxInFlight",
+        ] {
+            assert!(p.contains(field), "{field} missing in {p}");
+        }
+    }
+
+    #[test]
+    fn prefetch_apply_needs_a_target_and_sane_bounds() {
+        let v = with(
+            base(),
+            "/source/rabbitmq/prefetch",
+            json!({"mode": "Apply", "min": 10, "max": 5}),
+        );
+        let p = problems(v).join("\n");
+        assert!(p.contains("deliverTo is required"), "{p}");
+        assert!(p.contains("min (10) must not exceed"), "{p}");
+        let v = with(
+            base(),
+            "/source/rabbitmq/prefetch",
+            json!({
+                "mode": "Apply", "deliverTo": {"env": {"container": "c", "name": "P"}}, "minInterval": "30s"
+            }),
+        );
+        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source;
+        let pf = prefetch.expect("prefetch");
+        assert!(pf.apply);
+        assert_eq!((pf.min, pf.max, pf.min_change_percent), (1, 1000, 25));
+        assert_eq!(pf.min_interval, Duration::from_secs(30));
+        // Off means no prefetch handling at all.
+        let v = with(base(), "/source/rabbitmq/prefetch", json!({"mode": "Off"}));
+        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source;
+        assert!(prefetch.is_none());
+    }
 }
