@@ -2,7 +2,7 @@
 //!
 //! KEDA and most scalers make one `GET /api/queues/{vhost}/{queue}` per object per poll, so
 //! the broker's management plugin answers N requests every interval. nerite groups objects by
-//! (management endpoint, vhost, user) and reads each group with
+//! (management endpoint, vhost, credentials) and reads each group with
 //! `GET /api/queues/{vhost}?columns=…&page=…&page_size=500`: one request per 500 queues of
 //! the vhost, however many ScaledConsumers point there.
 //!
@@ -46,11 +46,15 @@ const LIST_COLUMNS: &str = "name,messages,messages_ready,messages_unacknowledged
 consumer_utilisation,consumer_capacity,message_stats.publish_details.rate,\
 message_stats.deliver_get_details.rate,message_stats.ack_details.rate";
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Objects share a listing only when they would make the very same request: same endpoint,
+/// vhost and credentials (an object with a wrong password must never read through another
+/// object's login). No `Debug`: the key holds the password.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     endpoint: String,
     vhost: String,
     username: String,
+    password: String,
 }
 
 /// What one listing returned.
@@ -118,6 +122,7 @@ impl SharedPoller {
             endpoint: endpoint.key.clone(),
             vhost: target.vhost.clone(),
             username: target.credentials.username.clone(),
+            password: target.credentials.password().to_owned(),
         };
         let group = lock(&self.groups).entry(key).or_default().clone();
         let mut state = group.state.lock().await;
@@ -392,6 +397,26 @@ mod tests {
             include_unacked: true,
             credentials: Credentials::new("u", "p"),
         }
+    }
+
+    #[tokio::test]
+    async fn different_passwords_never_share_a_listing() -> Result<(), Box<dyn std::error::Error>> {
+        use std::sync::atomic::Ordering;
+        let (port, count, server) = listing_server(
+            r#"{"items":[{"name":"a","messages_ready":5,"messages_unacknowledged":1}],"page_count":1}"#,
+        )
+        .await?;
+        let poller = SharedPoller::new(Arc::new(ManagementApi::new(Duration::from_secs(2))));
+        let mut wrong = target(port, "a");
+        wrong.credentials = Credentials::new("u", "other");
+        poller
+            .observe(&target(port, "a"), Duration::from_secs(5))
+            .await?;
+        poller.observe(&wrong, Duration::from_secs(5)).await?;
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert_eq!(poller.group_count(), 2);
+        server.abort();
+        Ok(())
     }
 
     #[tokio::test]
