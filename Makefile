@@ -23,9 +23,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Regenerate the CRD from the Rust types.
+## Regenerate the CRD from the Rust types (and its copies in the Helm chart and the
+## kustomize base).
 crds:
 	$(CARGO) run -q --bin nerite -- crd > crds/scaledconsumers.nerite.dev.yaml
+	cp crds/scaledconsumers.nerite.dev.yaml charts/nerite/crds/
+	cp crds/scaledconsumers.nerite.dev.yaml config/crd/
 
 ## Install what the tests and the demo need (RabbitMQ from Debian's packages, Python test
 ## tools into a virtualenv under ~/.cache/nerite).

@@ -1,5 +1,6 @@
 //! Command line: parsing and dispatch. Each subcommand is a thin call into the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::controller::{self, OperatorConfig};
+use crate::leader::LeaseSettings;
+use crate::validate::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,7 +25,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the operator.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the ScaledConsumer CustomResourceDefinition as YAML.
     Crd,
 }
@@ -32,9 +35,9 @@ pub struct RunArgs {
     /// Path to a kubeconfig. Default: $KUBECONFIG, ~/.kube/config, then in-cluster.
     #[arg(long, env = "NERITE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, short = 'n', env = "NERITE_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default: all namespaces).
+    #[arg(long, short = 'n', env = "NERITE_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Deadline for one broker read, in seconds.
     #[arg(long, default_value_t = 5.0, env = "NERITE_SOURCE_TIMEOUT")]
     pub source_timeout: f64,
@@ -44,6 +47,71 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "NERITE_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Serve /metrics, /healthz and /readyz on this address (`off` to disable).
+    #[arg(long, default_value = "0.0.0.0:8080", value_parser = parse_metrics_addr, env = "NERITE_METRICS_ADDR")]
+    pub metrics_addr: MetricsAddr,
+    /// Elect a leader on a Lease: every replica observes, only the leader acts.
+    #[arg(long, env = "NERITE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "nerite-leader", env = "NERITE_LEASE_NAME")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease. Default: $POD_NAMESPACE, the service account's
+    /// namespace in a pod, then `default`.
+    #[arg(long, env = "NERITE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a Lease that is not renewed stays valid (whole seconds).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "NERITE_LEASE_DURATION")]
+    pub lease_duration: Duration,
+    /// How long the leader keeps acting without renewing the Lease.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "NERITE_RENEW_DEADLINE")]
+    pub renew_deadline: Duration,
+    /// How often the Lease is read and renewed.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "NERITE_RETRY_PERIOD")]
+    pub retry_period: Duration,
+    /// This replica's identity in the Lease and in Events. Default: $POD_NAME, then the host
+    /// name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    match s.trim() {
+        "" | "off" | "0" => Ok(MetricsAddr(None)),
+        a => a
+            .parse::<SocketAddr>()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|e| format!("{e} (expected HOST:PORT such as 0.0.0.0:8080, or off)")),
+    }
+}
+
+/// This replica's identity: the flag / $POD_NAME, else host name and process id.
+fn identity(flag: Option<String>) -> String {
+    flag.filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "nerite".to_string());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// The Lease namespace: the flag, $POD_NAMESPACE, the pod's service account namespace, or
+/// `default`.
+fn lease_namespace(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -66,7 +134,7 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
@@ -104,15 +172,38 @@ fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let identity = identity(args.identity);
+        let leader_election = args.leader_elect.then(|| LeaseSettings {
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+            ..LeaseSettings::new(
+                &args.lease_name,
+                &lease_namespace(args.lease_namespace),
+                &identity,
+            )
+        });
         let config = OperatorConfig {
-            namespace: args.namespace,
+            namespaces: args
+                .namespace
+                .into_iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
             source_timeout: Duration::from_secs_f64(args.source_timeout),
             concurrency: args.concurrency,
-            instance: std::env::var("POD_NAME").ok(),
+            instance: Some(identity),
+            metrics_addr: args.metrics_addr.0,
+            leader_election,
             ..OperatorConfig::default()
         };
-        controller::run(client, config, shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match controller::try_run(client, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nerite: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
@@ -137,4 +228,47 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "nerite",
+            "run",
+            "--leader-elect",
+            "--lease-duration",
+            "3s",
+            "--renew-deadline",
+            "1500ms",
+            "--retry-period",
+            "500ms",
+            "--metrics-addr",
+            "127.0.0.1:9090",
+            "--identity",
+            "nerite-0",
+            "--namespace",
+            "shop,billing",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = cli
+        else {
+            panic!("flags did not parse: {cli:?}");
+        };
+        assert!(args.leader_elect);
+        assert_eq!(args.lease_duration, Duration::from_secs(3));
+        assert_eq!(args.renew_deadline, Duration::from_millis(1500));
+        assert_eq!(
+            args.metrics_addr.0,
+            "127.0.0.1:9090".parse::<SocketAddr>().ok()
+        );
+        assert_eq!(args.identity.as_deref(), Some("nerite-0"));
+        assert_eq!(args.namespace, ["shop", "billing"]);
+        assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr(None)));
+        assert!(parse_metrics_addr("localhost").is_err());
+    }
 }

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use kube::{Client, Resource, ResourceExt};
 use crate::api::{ScaledConsumer, ScaledConsumerStatus};
 use crate::error::{Error, Result};
 use crate::kubeio::{KubeIo, TargetScale};
+use crate::leader::{Leadership, LeaseSettings};
+use crate::metrics::{Health, Metrics};
 use crate::policy::{self, Decision, History, Input, Limit};
 use crate::source::Observation;
 use crate::source::rabbitmq::poller::SharedPoller;
@@ -44,6 +47,14 @@ pub struct OperatorConfig {
     pub max_backoff: Duration,
     /// Name of this operator instance, shown in Events.
     pub instance: Option<String>,
+    /// Watch each of these namespaces (one watch each); when not empty it replaces
+    /// `namespace`.
+    pub namespaces: Vec<String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Elect a leader on a Lease: every replica observes, only the leader writes. `None`:
+    /// this process always acts.
+    pub leader_election: Option<LeaseSettings>,
 }
 
 impl Default for OperatorConfig {
@@ -54,6 +65,9 @@ impl Default for OperatorConfig {
             concurrency: 64,
             max_backoff: Duration::from_secs(60),
             instance: None,
+            namespaces: Vec::new(),
+            metrics_addr: None,
+            leader_election: None,
         }
     }
 }
@@ -81,16 +95,124 @@ pub struct Context {
     /// The controller's cache of ScaledConsumers, to forget deleted ones.
     store: Store<ScaledConsumer>,
     reconciles: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// Only the leader writes `/scale`, status and Events.
+    leadership: Leadership,
 }
 
 /// Every this many reconciles, state of deleted ScaledConsumers is dropped.
 const PRUNE_EVERY: u64 = 256;
 
-/// Run the operator until `shutdown` completes.
+/// Run the operator until `shutdown` completes. Startup failures (a metrics address that
+/// cannot be bound, bad leader election settings) are logged; see [`try_run`].
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    if let Err(e) = try_run(client, config, shutdown).await {
+        tracing::error!(error = %e, "nerite operator could not start");
+    }
+}
+
+/// Run the operator until `shutdown` completes: metrics server, leader election and the
+/// controller. On shutdown the controller stops first, then the Lease is released, then the
+/// metrics server stops.
+pub async fn try_run(
+    client: Client,
+    config: OperatorConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> std::result::Result<(), crate::error::StartError> {
+    use crate::error::StartError;
+    if let Some(settings) = &config.leader_election {
+        settings.check().map_err(StartError::LeaderElection)?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = match config.metrics_addr {
+        Some(addr) => {
+            let stopped = async move {
+                let _ = server_stopped.await;
+            };
+            let (_, task) = crate::metrics::serve(addr, metrics.clone(), health.clone(), stopped)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
+            Some(task)
+        }
+        None => None,
+    };
+    let (leadership, elector) = match config.leader_election.clone() {
+        Some(settings) => {
+            let leadership = Leadership::elected();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(crate::leader::run(
+                client.clone(),
+                settings,
+                leadership.clone(),
+                metrics.clone(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            (leadership, Some((stop, task)))
+        }
+        None => {
+            metrics.set_leader(true);
+            (Leadership::always(), None)
+        }
+    };
+
+    // One controller per watched namespace (or one for all), sharing metrics and leadership.
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![config.namespace.clone()]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (stop_all, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_all.send(true);
+    });
+    let syncing = Arc::new(AtomicUsize::new(scopes.len()));
+    futures::future::join_all(scopes.into_iter().map(|namespace| {
+        let mut stopping = stopping.clone();
+        run_controller(
+            client.clone(),
+            OperatorConfig {
+                namespace,
+                ..config.clone()
+            },
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            },
+            metrics.clone(),
+            (health.clone(), syncing.clone()),
+            leadership.clone(),
+        )
+    }))
+    .await;
+
+    health.set_ready(false);
+    if let Some((stop, task)) = elector {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    let _ = stop_server.send(());
+    if let Some(task) = server {
+        let _ = task.await;
+    }
+    tracing::info!("nerite operator stopped");
+    Ok(())
+}
+
+async fn run_controller(
+    client: Client,
+    config: OperatorConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    metrics: Arc<Metrics>,
+    (health, syncing): (Health, Arc<AtomicUsize>),
+    leadership: Leadership,
 ) {
     let (scs, deployments, statefulsets): (Api<ScaledConsumer>, Api<Deployment>, Api<StatefulSet>) =
         match &config.namespace {
@@ -116,6 +238,28 @@ pub async fn run(
         config: config.clone(),
         store: store.clone(),
         reconciles: AtomicU64::new(0),
+        metrics,
+        leadership,
+    });
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        // Ready once the first list of ScaledConsumers is in the cache. The store wakes only
+        // one waiter (the controller's own), so ask again every 200 ms.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), ready_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    // Ready when every watched namespace has synced.
+                    if syncing.fetch_sub(1, Ordering::Relaxed) == 1 {
+                        health.set_ready(true);
+                    }
+                    break;
+                }
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+        }
     });
     let deploy_store = store.clone();
     let sts_store = store.clone();
@@ -136,7 +280,6 @@ pub async fn run(
             }
         })
         .await;
-    tracing::info!("nerite operator stopped");
 }
 
 /// The ScaledConsumers whose `scaleTargetRef` names this workload.
@@ -176,11 +319,18 @@ fn key_of(sc: &ScaledConsumer) -> String {
 fn prune_deleted(ctx: &Context) {
     let live: std::collections::HashSet<String> =
         ctx.store.state().iter().map(|sc| key_of(sc)).collect();
-    lock(&ctx.state).retain(|k, _| live.contains(k));
+    lock(&ctx.state).retain(|k, _| {
+        let keep = live.contains(k);
+        if !keep && let Some((ns, name)) = k.split_once('/') {
+            ctx.metrics.forget(ns, name);
+        }
+        keep
+    });
     ctx.rabbitmq_extras.retain(|k| live.contains(k));
 }
 
 async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconcile();
     if ctx.reconciles.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
         prune_deleted(&ctx);
     }
@@ -228,6 +378,7 @@ fn error_policy(sc: Arc<ScaledConsumer>, err: &Error, ctx: Arc<Context>) -> Acti
     let mut states = lock(&ctx.state);
     let st = states.entry(key_of(&sc)).or_default();
     st.api_failures = st.api_failures.saturating_add(1);
+    ctx.metrics.error(err);
     st.next_poll = None;
     let delay = backoff(
         Duration::from_secs(1),
@@ -265,7 +416,17 @@ async fn tick(
         Err(e) => return target_problem(sc, ctx, key, e, poll).await,
     };
 
+    let started = Instant::now();
     let (observed, rabbit_target) = observe(valid, namespace, ctx).await;
+    ctx.metrics.poll(
+        source_kind(&valid.source),
+        observed.is_ok(),
+        started.elapsed(),
+    );
+    match &observed {
+        Ok(obs) => ctx.metrics.observed(namespace, &sc.name_any(), obs),
+        Err(e) => ctx.metrics.error(e),
+    }
     let now = Timestamp::now();
     let current = scale.desired;
 
@@ -288,9 +449,27 @@ async fn tick(
         )
     };
 
+    ctx.metrics.decision(
+        namespace,
+        &sc.name_any(),
+        current,
+        decision.desired,
+        decision.limit.map(limit_reason),
+    );
+    let next = match &observed {
+        Ok(_) => poll,
+        Err(_) => backoff(poll, failures, ctx.config.max_backoff.max(poll)),
+    };
+    // Every replica observes and decides; only the leader writes.
+    if !ctx.leadership.is_leader() {
+        return Ok(next);
+    }
+
     let mut scaled = false;
     if decision.desired != current {
         ctx.kube.set_replicas(&target, decision.desired).await?;
+        ctx.metrics
+            .scaled(namespace, &sc.name_any(), current, decision.desired);
         scaled = true;
         tracing::info!(
             object = key,
@@ -366,11 +545,7 @@ async fn tick(
         None => status,
     };
     ctx.kube.apply_status(sc, &status).await?;
-
-    Ok(match source_error {
-        None => poll,
-        Some(_) => backoff(poll, failures, ctx.config.max_backoff.max(poll)),
-    })
+    Ok(next)
 }
 
 /// History for an object the controller has not seen since it started. The last scale time
@@ -388,6 +563,13 @@ fn seeded_history(sc: &ScaledConsumer, current: i32, now: Timestamp) -> History 
         .and_then(|s| s.per_replica_throughput)
         .filter(|v| v.is_finite() && *v > 0.0);
     h
+}
+
+/// The source's name, for metrics labels.
+fn source_kind(source: &ValidSource) -> &'static str {
+    match source {
+        ValidSource::RabbitMq { .. } => "rabbitmq",
+    }
 }
 
 /// Credentials, then the broker (through the shared poller: a reading at most half a poll
@@ -463,6 +645,9 @@ async fn report_source_error(sc: &ScaledConsumer, ctx: &Context, key: &str, err:
         let st = states.entry(key.to_string()).or_default();
         std::mem::replace(&mut st.last_error, fingerprint.clone())
     };
+    if !ctx.leadership.is_leader() {
+        return;
+    }
     match (err, previous) {
         (Some(e), prev) if prev.as_ref() != fingerprint.as_ref() => {
             tracing::warn!(object = key, reason = e.reason(), error = %e, "source unavailable");
@@ -501,6 +686,10 @@ async fn report_blocked(sc: &ScaledConsumer, ctx: &Context, key: &str, err: &Err
         st.last_error = Some(fingerprint);
         new
     };
+    ctx.metrics.error(err);
+    if !ctx.leadership.is_leader() {
+        return Ok(());
+    }
     if is_new {
         tracing::warn!(object = key, reason = err.reason(), error = %err, "cannot scale");
         ctx.kube

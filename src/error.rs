@@ -92,3 +92,18 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The metrics/health address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Leader election settings that would let two replicas act at once.
+    #[error("invalid leader election settings: {0}")]
+    LeaderElection(String),
+}

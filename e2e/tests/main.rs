@@ -4,7 +4,9 @@
 //! One process runs every trial so that one RabbitMQ serves them all; trials that stop
 //! their broker start a private one.
 
+mod leader;
 mod operator;
+mod packaging;
 mod rabbitmq_deadletter;
 mod rabbitmq_prefetch;
 mod rabbitmq_source;
@@ -22,6 +24,8 @@ fn main() -> ExitCode {
     trials.extend(rabbitmq_deadletter::trials(&env));
     trials.extend(rabbitmq_prefetch::trials(&env));
     trials.extend(operator::trials(&env));
+    trials.extend(leader::trials(&env));
+    trials.extend(packaging::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

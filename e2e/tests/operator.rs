@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::Env;
 use crate::support::cluster::{Cluster, blocking, condition, eventually};
+use crate::support::ops::{self, metric};
 use crate::support::rabbitmq::RabbitMq;
 
 const NS: &str = "shop";
@@ -132,7 +133,12 @@ async fn scale_up_and_down(
         )
         .await
         .map_err(|e| e.to_string())?;
-    let _operator = cluster.start_operator(ns);
+    let metrics_addr = ops::free_local_addr()?;
+    let _operator = cluster.start_operator_with(nerite::controller::OperatorConfig {
+        metrics_addr: Some(metrics_addr),
+        ..Cluster::operator_config(ns)
+    });
+    let metrics_url = format!("http://{metrics_addr}/metrics");
 
     // Idle queue: ready, at min.
     eventually(
@@ -204,6 +210,25 @@ async fn scale_up_and_down(
     if !events.iter().any(|e| e.reason.as_deref() == Some("Scaled")) {
         return Err("no Scaled event".into());
     }
+    // /metrics shows the backlog nerite saw and the scale-up it made.
+    let object = [("namespace", ns), ("name", "orders")];
+    let samples = scrape(&metrics_url).await?;
+    let backlog = metric(&samples, "nerite_observed_backlog", &object);
+    let ups = metric(
+        &samples,
+        "nerite_scale_actions_total",
+        &[object[0], object[1], ("direction", "up")],
+    );
+    let desired = metric(&samples, "nerite_desired_replicas", &object);
+    println!("  /metrics: observed_backlog {backlog:?}, scale-ups {ups:?}, desired {desired:?}");
+    if !backlog.is_some_and(|b| b > 900.0)
+        || !ups.is_some_and(|n| n >= 1.0)
+        || desired != Some(10.0)
+    {
+        return Err(format!(
+            "/metrics does not show the backlog and the scale-up: backlog {backlog:?}, ups {ups:?}, desired {desired:?}"
+        ));
+    }
 
     // Drain: back to min after the 5 s window, never before it.
     let r = rabbit.clone();
@@ -223,21 +248,51 @@ async fn scale_up_and_down(
         "  scaled down {:.1}s after the purge (window 5s)",
         took.as_secs_f64()
     );
-    let scaled_events: Vec<String> = cluster
-        .events_for(ns, "orders")
-        .await?
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("Scaled"))
-        .filter_map(|e| e.note)
-        .collect();
-    let up = scaled_events.iter().any(|n| n.contains(": 1 → "));
-    let down = scaled_events.iter().any(|n| n.contains(" → 1 replicas"));
-    if !(up && down) {
+    // The Event follows the /scale write: wait for it briefly.
+    eventually(
+        "Scaled events for the rise and the fall",
+        Duration::from_secs(5),
+        || async {
+            let notes: Vec<String> = cluster
+                .events_for(ns, "orders")
+                .await?
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("Scaled"))
+                .filter_map(|e| e.note)
+                .collect();
+            let up = notes.iter().any(|n| n.contains(": 1 → "));
+            let down = notes.iter().any(|n| n.contains(" → 1 replicas"));
+            if up && down {
+                Ok(Some(()))
+            } else {
+                Err(format!("Scaled events so far: {notes:?}"))
+            }
+        },
+    )
+    .await?;
+    let samples = scrape(&metrics_url).await?;
+    let downs = metric(
+        &samples,
+        "nerite_scale_actions_total",
+        &[object[0], object[1], ("direction", "down")],
+    );
+    let backlog = metric(&samples, "nerite_observed_backlog", &object);
+    println!("  /metrics after the drain: observed_backlog {backlog:?}, scale-downs {downs:?}");
+    if !downs.is_some_and(|n| n >= 1.0) || backlog != Some(0.0) {
         return Err(format!(
-            "expected Scaled events for the rise and the fall: {scaled_events:?}"
+            "/metrics does not show the drain: backlog {backlog:?}, scale-downs {downs:?}"
         ));
     }
     Ok(())
+}
+
+async fn scrape(url: &str) -> Result<Vec<ops::Sample>, String> {
+    let u = url.to_string();
+    let (status, body) = blocking(move || ops::http_get(&u)).await??;
+    if status != 200 {
+        return Err(format!("{url}: {status}"));
+    }
+    Ok(ops::parse_metrics(&body))
 }
 
 /// Stop the broker: the count holds, SourceReachable=False, an Event; restart: recovery.

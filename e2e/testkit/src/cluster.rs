@@ -85,13 +85,23 @@ impl Cluster {
 
     /// Start the operator in this process; it stops when the returned guard drops.
     pub fn start_operator(&self, namespace: &str) -> Operator {
-        let (tx, rx) = oneshot::channel::<()>();
-        let cfg = OperatorConfig {
+        self.start_operator_with(Self::operator_config(namespace))
+    }
+
+    /// The settings [`Cluster::start_operator`] uses: one namespace, short timeouts.
+    pub fn operator_config(namespace: &str) -> OperatorConfig {
+        OperatorConfig {
             namespace: Some(namespace.to_string()),
             source_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(4),
             ..OperatorConfig::default()
-        };
+        }
+    }
+
+    /// Start the operator in this process with these settings (for example with
+    /// `metrics_addr` set); it stops when the returned guard drops.
+    pub fn start_operator_with(&self, cfg: OperatorConfig) -> Operator {
+        let (tx, rx) = oneshot::channel::<()>();
         let client = self.client.clone();
         let task = tokio::spawn(async move {
             controller::run(client, cfg, async move {

@@ -1,6 +1,6 @@
 //! Shared fixtures for the end-to-end trials.
 
-pub use nerite_testkit::{cluster, rabbitmq};
+pub use nerite_testkit::{cluster, ops, rabbitmq};
 
 use std::sync::{Arc, OnceLock};
 
