@@ -41,10 +41,18 @@ deps:
 demo: deps
 	$(CARGO) run -q -p nerite-testkit --bin nerite-demo
 
+## Every benchmark; each prints a table against a baseline measured in the same run.
+.PHONY: bench bench-simulate bench-rabbitmq
+bench: bench-simulate bench-rabbitmq
+
 ## Replay the built-in scenarios through nerite, KEDA + HPA (default and tuned), a static
 ## fleet and an oracle; prints the comparison table and writes one SVG chart per scenario.
-bench:
+bench-simulate:
 	$(CARGO) run --release -q --bin nerite -- simulate --svg-dir $(CARGO_TARGET_DIR)/simulate
+
+## RabbitMQ: management-API calls and bytes per tick, shared poller vs one call per object.
+bench-rabbitmq: deps
+	$(CARGO) run -q -p nerite-testkit --bin nerite-bench-rabbitmq
 
 clean:
 	$(CARGO) clean

@@ -18,7 +18,8 @@
 # Environment: NERITE_CACHE (default $HOME/.cache/nerite) holds downloaded packages;
 # NERITE_RABBITMQ_START_TIMEOUT (default 60) is the readiness deadline in seconds;
 # NERITE_RABBITMQ_OWNER_PID, when set, is a process whose exit stops the broker (so a test run
-# that is killed does not leave brokers behind).
+# that is killed does not leave brokers behind); NERITE_RABBITMQ_PLUGINS (comma-separated,
+# default rabbitmq_management,rabbitmq_shovel,rabbitmq_shovel_management) are the plugins.
 
 set -euo pipefail
 
@@ -179,7 +180,7 @@ EPMD_PORT=$epmd
 CTL_DIST_PORT=$(derived_port "$dist" 100)
 EOF
     : >"$dir/rabbitmq-env.conf"
-    echo '[rabbitmq_management,rabbitmq_shovel,rabbitmq_shovel_management].' >"$dir/enabled_plugins"
+    echo "[${NERITE_RABBITMQ_PLUGINS:-rabbitmq_management,rabbitmq_shovel,rabbitmq_shovel_management}]." >"$dir/enabled_plugins"
     cat >"$dir/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$amqp
 management.tcp.ip = 127.0.0.1

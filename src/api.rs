@@ -146,6 +146,144 @@ pub struct RabbitMqSource {
     /// (KEDA's `QueueLength` mode counts them). Default true.
     #[serde(default = "default_true")]
     pub include_unacked: bool,
+    /// Prefetch tuning: recommend (or apply) a consumer prefetch that fits the measured
+    /// processing speed. See docs/rabbitmq.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<PrefetchSpec>,
+    /// Dead-lettering set up by nerite on the queue, and redrive of the dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSpec>,
+}
+
+/// Annotation that triggers a redrive like `deadLetter.redrive.requestId` does (the spec
+/// field wins when both are set).
+pub const REDRIVE_ANNOTATION: &str = "nerite.dev/redrive-request";
+
+/// How nerite treats the consumers' prefetch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PrefetchMode {
+    /// Do nothing.
+    #[default]
+    Off,
+    /// Compute and report a recommendation in status; change nothing.
+    Recommend,
+    /// Also deliver the recommendation to the consumers (`deliverTo`), with hysteresis.
+    Apply,
+}
+
+/// Prefetch tuning for the consumers of the queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("prefetch.min must not exceed prefetch.max"))]
+#[x_kube(validation = Rule::new("self.mode != 'Apply' || has(self.deliverTo)").message("prefetch.deliverTo is required when mode is Apply"))]
+#[serde(rename_all = "camelCase")]
+pub struct PrefetchSpec {
+    /// `Off` (default), `Recommend` or `Apply`.
+    #[serde(default)]
+    pub mode: PrefetchMode,
+    /// Lowest prefetch nerite recommends. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub min: Option<i32>,
+    /// Highest prefetch nerite recommends. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max: Option<i32>,
+    /// Where `Apply` writes the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_to: Option<PrefetchDelivery>,
+    /// `Apply` changes the value only when the recommendation differs from the current
+    /// prefetch by at least this many percent. Default 25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_change_percent: Option<i32>,
+    /// `Apply` changes the value at most once per this interval (a pod-template change
+    /// restarts the consumers). Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("prefetch.minInterval must be at least 1s"))]
+    pub min_interval: Option<String>,
+}
+
+/// Where the prefetch value goes. Exactly one field must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.env), has(self.configMap)].filter(x, x).size() == 1").message("exactly one of deliverTo.env and deliverTo.configMap must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct PrefetchDelivery {
+    /// An environment variable on a container of the target's pod template (changing it
+    /// rolls the pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<PrefetchEnv>,
+    /// A key in a ConfigMap in the same namespace, for consumers that reload it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<PrefetchConfigMapKey>,
+}
+
+/// An environment variable of one container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefetchEnv {
+    /// Container name in the pod template.
+    #[schemars(length(min = 1, max = 63))]
+    pub container: String,
+    /// Variable name, e.g. `PREFETCH_COUNT`.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A key of a ConfigMap.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefetchConfigMapKey {
+    /// ConfigMap name (created when missing).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the prefetch, e.g. `prefetch`.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Dead-lettering of the source queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSpec {
+    /// Dead-letter queue. Default `<queue>.dlq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub queue: Option<String>,
+    /// Dead-letter exchange (a durable direct exchange). Default `<queue>.dlx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub exchange: Option<String>,
+    /// Routing key used for dead-lettered messages and the DLQ binding. Default: the DLQ
+    /// name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub routing_key: Option<String>,
+    /// Quorum queues only: deliveries after which a message is dead-lettered
+    /// (`delivery-limit`). Ignored (with a status note) for classic queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_deliveries: Option<i32>,
+    /// Move dead-lettered messages back to the source queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<RedriveSpec>,
+}
+
+/// A redrive request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveSpec {
+    /// Each new value starts exactly one redrive of the DLQ's current content (never two
+    /// for the same value). Any string: a date, a ticket number, a counter.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
+    pub request_id: String,
+    /// Most messages in flight (unconfirmed) at once; throttles the move. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_in_flight: Option<i32>,
 }
 
 fn default_vhost() -> String {
@@ -318,6 +456,100 @@ pub struct ScaledConsumerStatus {
     /// Smoothed messages per second one replica processes, once measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_replica_throughput: Option<f64>,
+    /// RabbitMQ extras: prefetch, dead-lettering, redrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitMqStatus>,
+}
+
+/// What nerite manages on the RabbitMQ side.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitMqStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<PrefetchStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<RedriveStatus>,
+}
+
+/// Prefetch as measured and recommended.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefetchStatus {
+    /// Prefetch the queue's consumers use, as the broker reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<i32>,
+    /// nerite's recommendation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended: Option<i32>,
+    /// Why (the measurements behind the recommendation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Value nerite last delivered (`Apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<i32>,
+    /// When nerite last delivered a value (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_time: Option<String>,
+}
+
+/// The dead-letter set-up in force.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterStatus {
+    /// Dead-letter queue.
+    pub queue: String,
+    /// Dead-letter exchange.
+    pub exchange: String,
+    /// Routing key of dead-lettered messages.
+    pub routing_key: String,
+    /// Type of the source queue (`classic`, `quorum`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_type: Option<String>,
+    /// Name of nerite's policy on the source queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The policy's definition, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_definition: Option<String>,
+    /// Messages in the dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<i64>,
+    /// Notes (e.g. `maxDeliveries` ignored on a classic queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Progress and result of the last redrive request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveStatus {
+    /// The request this describes.
+    pub request_id: String,
+    /// `Starting`, `Running`, `Succeeded`, `Failed` or `Interrupted`.
+    pub phase: String,
+    /// Name of the dynamic shovel doing the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shovel: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Messages in the DLQ when the request started (what the shovel moves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_depth_at_start: Option<i64>,
+    /// Messages moved back to the source queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<i64>,
+    /// Messages left in the DLQ when the request ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_depth_at_end: Option<i64>,
+    /// One line about the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A standard Kubernetes condition.

@@ -27,8 +27,10 @@ use crate::kubeio::{KubeIo, TargetScale};
 use crate::leader::{Leadership, LeaseSettings};
 use crate::metrics::{Health, Metrics};
 use crate::policy::{self, Decision, History, Input, Limit};
+use crate::source::Observation;
+use crate::source::rabbitmq::poller::SharedPoller;
+use crate::source::rabbitmq::reconcile::{Extras as RabbitMqExtras, Inputs as RabbitMqInputs};
 use crate::source::rabbitmq::{ManagementApi, RabbitMqTarget};
-use crate::source::{Observation, Source};
 use crate::status::{self, CondUpdate, READY, SCALING_LIMITED, SOURCE_REACHABLE};
 use crate::validate::{self, ValidSource, ValidSpec};
 
@@ -84,7 +86,10 @@ struct ObjectState {
 /// Shared by every reconcile.
 pub struct Context {
     kube: KubeIo,
-    rabbitmq: ManagementApi,
+    /// One management-API listing per endpoint and vhost serves every object there.
+    rabbitmq: SharedPoller,
+    /// Prefetch, dead-lettering and redrive of RabbitMQ sources.
+    rabbitmq_extras: RabbitMqExtras,
     config: OperatorConfig,
     state: Mutex<HashMap<String, ObjectState>>,
     /// The controller's cache of ScaledConsumers, to forget deleted ones.
@@ -227,7 +232,8 @@ async fn run_controller(
     let store = controller.store();
     let ctx = Arc::new(Context {
         kube: KubeIo::new(client.clone(), config.instance.clone()),
-        rabbitmq: ManagementApi::new(config.source_timeout),
+        rabbitmq: SharedPoller::new(Arc::new(ManagementApi::new(config.source_timeout))),
+        rabbitmq_extras: RabbitMqExtras::new(),
         state: Mutex::default(),
         config: config.clone(),
         store: store.clone(),
@@ -320,6 +326,7 @@ fn prune_deleted(ctx: &Context) {
         }
         keep
     });
+    ctx.rabbitmq_extras.retain(|k| live.contains(k));
 }
 
 async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action> {
@@ -410,7 +417,7 @@ async fn tick(
     };
 
     let started = Instant::now();
-    let observed = observe(valid, namespace, ctx).await;
+    let (observed, rabbit_target) = observe(valid, namespace, ctx).await;
     ctx.metrics.poll(
         source_kind(&valid.source),
         observed.is_ok(),
@@ -490,6 +497,36 @@ async fn tick(
     let source_error = observed.as_ref().err();
     report_source_error(sc, ctx, key, source_error).await;
 
+    // RabbitMQ prefetch, dead-lettering and redrive.
+    let rabbitmq = match (&valid.source, &rabbit_target) {
+        (
+            ValidSource::RabbitMq {
+                prefetch,
+                dead_letter,
+                ..
+            },
+            Some(rt),
+        ) if prefetch.is_some() || dead_letter.is_some() || has_rabbitmq_extras(sc) => {
+            let inputs = RabbitMqInputs {
+                sc,
+                key,
+                target: rt,
+                prefetch: prefetch.as_ref(),
+                dead_letter: dead_letter.as_ref(),
+                observation: observed.as_ref().ok(),
+                workload: &target,
+                workload_ref: &valid.target,
+                poll,
+            };
+            Some(
+                ctx.rabbitmq_extras
+                    .reconcile(&ctx.rabbitmq, &ctx.kube, inputs)
+                    .await,
+            )
+        }
+        _ => None,
+    };
+
     let status = build_status(
         sc,
         valid,
@@ -503,6 +540,10 @@ async fn tick(
             throughput,
         },
     );
+    let status = match rabbitmq {
+        Some(extras) => with_rabbitmq(sc, status, extras),
+        None => status,
+    };
     ctx.kube.apply_status(sc, &status).await?;
     Ok(next)
 }
@@ -531,8 +572,13 @@ fn source_kind(source: &ValidSource) -> &'static str {
     }
 }
 
-/// Credentials, then the broker.
-async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Result<Observation> {
+/// Credentials, then the broker (through the shared poller: a reading at most half a poll
+/// interval old). Also returns the RabbitMQ target, for the extras.
+async fn observe(
+    valid: &ValidSpec,
+    namespace: &str,
+    ctx: &Context,
+) -> (Result<Observation>, Option<RabbitMqTarget>) {
     match &valid.source {
         ValidSource::RabbitMq {
             management_url,
@@ -540,8 +586,12 @@ async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Result<Ob
             queue,
             include_unacked,
             credentials,
+            ..
         } => {
-            let creds = ctx.kube.credentials(namespace, credentials).await?;
+            let creds = match ctx.kube.credentials(namespace, credentials).await {
+                Ok(c) => c,
+                Err(e) => return (Err(e), None),
+            };
             let target = RabbitMqTarget {
                 management_url: management_url.clone(),
                 vhost: vhost.clone(),
@@ -549,13 +599,42 @@ async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Result<Ob
                 include_unacked: *include_unacked,
                 credentials: creds,
             };
-            let res = ctx.rabbitmq.observe(&target).await;
+            let res = ctx
+                .rabbitmq
+                .observe(&target, valid.policy.poll_interval / 2)
+                .await;
             if let Err(crate::source::SourceError::Unauthorized { .. }) = &res {
                 ctx.kube.forget_secret(namespace, &credentials.name);
             }
-            Ok(res?)
+            (res.map_err(Error::from), Some(target))
         }
     }
+}
+
+/// True when the status still shows RabbitMQ extras (a removed section is cleaned up).
+fn has_rabbitmq_extras(sc: &ScaledConsumer) -> bool {
+    sc.status.as_ref().is_some_and(|s| s.rabbitmq.is_some())
+        || sc
+            .annotations()
+            .contains_key(crate::api::REDRIVE_ANNOTATION)
+}
+
+/// Merge the RabbitMQ extras into a built status.
+fn with_rabbitmq(
+    sc: &ScaledConsumer,
+    mut status: ScaledConsumerStatus,
+    extras: crate::source::rabbitmq::reconcile::Outcome,
+) -> ScaledConsumerStatus {
+    let mut conditions = status::merge_conditions(
+        &status.conditions,
+        &extras.conditions,
+        sc.metadata.generation,
+        Timestamp::now(),
+    );
+    conditions.retain(|c| !extras.remove.contains(&c.type_.as_str()));
+    status.conditions = conditions;
+    status.rabbitmq = extras.status;
+    status
 }
 
 /// Emit a Warning Event for each new source error, and a Normal one on recovery.
@@ -748,6 +827,7 @@ fn build_status(
         reason: Some(d.reason.clone()),
         consecutive_failures: Some(i32::try_from(i.failures).unwrap_or(i32::MAX)),
         per_replica_throughput: i.throughput.map(|v| (v * 100.0).round() / 100.0),
+        rabbitmq: prev.rabbitmq,
     }
 }
 

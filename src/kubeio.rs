@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -18,6 +18,19 @@ use crate::source::Credentials;
 
 /// Field manager nerite uses for every write.
 pub const FIELD_MANAGER: &str = "nerite";
+
+/// Field manager of the prefetch value nerite delivers (one env var of one container, or one
+/// ConfigMap key): nothing else is applied under it, so it never takes other fields.
+pub const PREFETCH_FIELD_MANAGER: &str = "nerite-prefetch";
+
+/// An environment variable looked up in a workload's pod template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateEnv {
+    /// The container is not in the pod template; the names that are.
+    ContainerMissing { containers: Vec<String> },
+    /// The container exists; the variable's literal value, if set.
+    Found(Option<String>),
+}
 
 /// How long a resolved kind or a read Secret is reused before asking again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -142,6 +155,124 @@ impl KubeIo {
             .patch_scale(&target.name, &pp, &Patch::Merge(&patch))
             .await?;
         Ok(())
+    }
+
+    /// Look up `env` of `container` in the target's pod template (`spec.template.spec`).
+    pub async fn template_env(
+        &self,
+        target: &Target,
+        container: &str,
+        env: &str,
+    ) -> Result<TemplateEnv> {
+        let obj = match target.api.get(&target.name).await {
+            Ok(o) => o,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Error::TargetNotFound {
+                    kind: target.kind.clone(),
+                    name: target.name.clone(),
+                    namespace: target.api.namespace().unwrap_or_default().to_string(),
+                });
+            }
+            Err(e) => return Err(Error::Kube(e)),
+        };
+        let containers = obj
+            .data
+            .pointer("/spec/template/spec/containers")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let name_of = |c: &serde_json::Value| {
+            c.get("name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let Some(c) = containers.iter().find(|c| name_of(c) == container) else {
+            return Ok(TemplateEnv::ContainerMissing {
+                containers: containers.iter().map(name_of).collect(),
+            });
+        };
+        let value = c
+            .get("env")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|vars| {
+                vars.iter()
+                    .find(|v| v.get("name").and_then(serde_json::Value::as_str) == Some(env))
+            })
+            .and_then(|v| v.get("value"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
+        Ok(TemplateEnv::Found(value))
+    }
+
+    /// Set one env var of one container of the target's pod template by server-side apply
+    /// under [`PREFETCH_FIELD_MANAGER`], without force: a field another manager owns with a
+    /// different value comes back as a 409 conflict and is left alone.
+    pub async fn apply_template_env(
+        &self,
+        target: &Target,
+        api_version: &str,
+        container: &str,
+        env: &str,
+        value: &str,
+    ) -> std::result::Result<(), kube::Error> {
+        let patch = json!({
+            "apiVersion": api_version,
+            "kind": target.kind,
+            "metadata": {"name": target.name},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": container, "env": [{"name": env, "value": value}]}
+            ]}}},
+        });
+        target
+            .api
+            .patch(
+                &target.name,
+                &PatchParams::apply(PREFETCH_FIELD_MANAGER),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// One key of a ConfigMap (`None` when the ConfigMap or the key is missing).
+    pub async fn config_map_value(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<String>> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api
+            .get_opt(name)
+            .await?
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get(key).cloned()))
+    }
+
+    /// Set one ConfigMap key by server-side apply under [`PREFETCH_FIELD_MANAGER`] (the
+    /// ConfigMap is created when missing), without force.
+    pub async fn apply_config_map_value(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> std::result::Result<(), kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "data": {key: value},
+        });
+        api.patch(
+            name,
+            &PatchParams::apply(PREFETCH_FIELD_MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(drop)
     }
 
     /// Read credentials from a Secret in `namespace` (cached briefly).

@@ -9,10 +9,11 @@
 use std::time::Duration;
 
 use crate::api::{
-    BehaviorSpec, FallbackMode, FallbackSpec, RabbitMqSource, ScaleTargetRef, ScaledConsumerSpec,
-    ScalingRules, SecretKeysRef,
+    BehaviorSpec, FallbackMode, FallbackSpec, PrefetchMode, RabbitMqSource, ScaleTargetRef,
+    ScaledConsumerSpec, ScalingRules, SecretKeysRef,
 };
 use crate::policy::{Fallback, PolicyConfig};
+use crate::source::rabbitmq::reconcile::{Delivery, ValidDeadLetter, ValidPrefetch};
 
 /// A spec that passed validation, with defaults applied and durations parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,8 @@ pub enum ValidSource {
         queue: String,
         include_unacked: bool,
         credentials: SecretKeysRef,
+        prefetch: Option<ValidPrefetch>,
+        dead_letter: Option<ValidDeadLetter>,
     },
 }
 
@@ -444,12 +447,177 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
         return None;
     };
     check_rabbitmq(r, p);
+    let prefetch = check_prefetch(r, p);
+    let dead_letter = check_dead_letter(r, p);
     Some(ValidSource::RabbitMq {
         management_url: r.management_url.clone(),
         vhost: r.vhost.clone(),
         queue: r.queue.clone(),
         include_unacked: r.include_unacked,
         credentials: r.credentials_secret_ref.clone(),
+        prefetch,
+        dead_letter,
+    })
+}
+
+/// `spec.source.rabbitmq.prefetch`: bounds, delivery target (required by `Apply`), hysteresis.
+fn check_prefetch(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidPrefetch> {
+    const F: &str = "spec.source.rabbitmq.prefetch";
+    let spec = r.prefetch.as_ref()?;
+    if spec.mode == PrefetchMode::Off {
+        return None;
+    }
+    let bound = |p: &mut Problems, name: &str, v: Option<i32>, default: u16| match v {
+        None => default,
+        Some(n) => match u16::try_from(n) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                p.add(format!("{F}.{name} ({n}) must be between 1 and 65535"));
+                default
+            }
+        },
+    };
+    let min = bound(p, "min", spec.min, 1);
+    let max = bound(p, "max", spec.max, 1000);
+    if min > max {
+        p.add(format!("{F}.min ({min}) must not exceed {F}.max ({max})"));
+    }
+    let min_change_percent = match spec.min_change_percent {
+        None => 25,
+        Some(n) if (0..=1000).contains(&n) => n.unsigned_abs(),
+        Some(n) => {
+            p.add(format!(
+                "{F}.minChangePercent ({n}) must be between 0 and 1000"
+            ));
+            25
+        }
+    };
+    let min_interval = spec
+        .min_interval
+        .as_deref()
+        .and_then(|s| {
+            p.duration(
+                &format!("{F}.minInterval"),
+                s,
+                Some(ONE_SECOND),
+                None,
+                "at least 1s",
+            )
+        })
+        .unwrap_or(Duration::from_secs(600));
+    let deliver_to = match &spec.deliver_to {
+        None => None,
+        Some(d) => match (&d.env, &d.config_map) {
+            (Some(e), None) => {
+                p.non_empty(
+                    &format!("{F}.deliverTo.env.container"),
+                    &e.container,
+                    Some(63),
+                );
+                p.non_empty(&format!("{F}.deliverTo.env.name"), &e.name, Some(253));
+                Some(Delivery::Env {
+                    container: e.container.clone(),
+                    name: e.name.clone(),
+                })
+            }
+            (None, Some(c)) => {
+                p.non_empty(&format!("{F}.deliverTo.configMap.name"), &c.name, Some(253));
+                p.non_empty(&format!("{F}.deliverTo.configMap.key"), &c.key, Some(253));
+                Some(Delivery::ConfigMap {
+                    name: c.name.clone(),
+                    key: c.key.clone(),
+                })
+            }
+            _ => {
+                p.add(format!(
+                    "{F}.deliverTo: exactly one of env and configMap must be set"
+                ));
+                None
+            }
+        },
+    };
+    if spec.mode == PrefetchMode::Apply && spec.deliver_to.is_none() {
+        p.add(format!("{F}.deliverTo is required when {F}.mode is Apply"));
+    }
+    Some(ValidPrefetch {
+        apply: spec.mode == PrefetchMode::Apply,
+        min,
+        max: max.max(min),
+        deliver_to,
+        min_change_percent,
+        min_interval,
+    })
+}
+
+/// `spec.source.rabbitmq.deadLetter`: names (defaults from the queue), the delivery limit and
+/// the redrive request.
+fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLetter> {
+    const F: &str = "spec.source.rabbitmq.deadLetter";
+    let spec = r.dead_letter.as_ref()?;
+    let queue = spec
+        .queue
+        .clone()
+        .unwrap_or_else(|| format!("{}.dlq", r.queue));
+    let exchange = spec
+        .exchange
+        .clone()
+        .unwrap_or_else(|| format!("{}.dlx", r.queue));
+    let routing_key = spec.routing_key.clone().unwrap_or_else(|| queue.clone());
+    p.non_empty(&format!("{F}.queue"), &queue, Some(255));
+    p.non_empty(&format!("{F}.exchange"), &exchange, Some(255));
+    p.non_empty(&format!("{F}.routingKey"), &routing_key, Some(255));
+    if queue == r.queue {
+        p.add(format!(
+            "{F}.queue ({}) must differ from spec.source.rabbitmq.queue",
+            quote(&queue)
+        ));
+    }
+    if exchange.is_empty() || exchange.starts_with("amq.") {
+        p.add(format!(
+            "{F}.exchange ({}) must not be the default exchange or an amq.* exchange",
+            quote(&exchange)
+        ));
+    }
+    let max_deliveries = match spec.max_deliveries {
+        None => None,
+        Some(n) if n >= 1 => Some(n.unsigned_abs()),
+        Some(n) => {
+            p.add(format!("{F}.maxDeliveries ({n}) must be at least 1"));
+            None
+        }
+    };
+    let mut max_in_flight = 1000u16;
+    let redrive_request = spec.redrive.as_ref().map(|rd| {
+        let id = &rd.request_id;
+        let ok = !id.is_empty()
+            && id.len() <= 63
+            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            p.add(format!(
+                "{F}.redrive.requestId ({}) must be 1-63 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
+                quote(id)
+            ));
+        }
+        if let Some(n) = rd.max_in_flight {
+            match u16::try_from(n) {
+                Ok(n) if n >= 1 => max_in_flight = n,
+                _ => p.add(format!(
+                    "{F}.redrive.maxInFlight ({n}) must be between 1 and 65535"
+                )),
+            }
+        }
+        id.clone()
+    });
+    Some(ValidDeadLetter {
+        queue,
+        exchange,
+        routing_key,
+        max_deliveries,
+        redrive_request,
+        max_in_flight,
     })
 }
 
@@ -657,6 +825,7 @@ mod tests {
             queue,
             include_unacked,
             credentials,
+            ..
         } = v.source;
         assert_eq!(management_url, "http://rabbitmq.default.svc:15672");
         assert_eq!(vhost, "/");
@@ -1109,5 +1278,71 @@ mod tests {
             assert_eq!(format_duration(d), want);
             assert_eq!(parse_duration(want), Ok(d), "round trip {want}");
         }
+    }
+
+    #[test]
+    fn dead_letter_defaults_follow_the_queue() {
+        let v = with(
+            base(),
+            "/source/rabbitmq/deadLetter",
+            json!({"maxDeliveries": 3}),
+        );
+        let ValidSource::RabbitMq { dead_letter, .. } = validate(&spec(v)).expect("valid").source;
+        let dl = dead_letter.expect("deadLetter");
+        assert_eq!(dl.queue, "orders.dlq");
+        assert_eq!(dl.exchange, "orders.dlx");
+        assert_eq!(dl.routing_key, "orders.dlq");
+        assert_eq!(dl.max_deliveries, Some(3));
+        assert_eq!(dl.redrive_request, None);
+    }
+
+    #[test]
+    fn dead_letter_problems() {
+        let v = with(
+            base(),
+            "/source/rabbitmq/deadLetter",
+            json!({
+                "queue": "orders", "exchange": "amq.direct", "maxDeliveries": 0,
+                "redrive": {"requestId": "-bad id", "maxInFlight": 0}
+            }),
+        );
+        let p = problems(v).join("\n");
+        for field in [
+            "deadLetter.queue",
+            "deadLetter.exchange",
+            "maxDeliveries",
+            "requestId",
+            "maxInFlight",
+        ] {
+            assert!(p.contains(field), "{field} missing in {p}");
+        }
+    }
+
+    #[test]
+    fn prefetch_apply_needs_a_target_and_sane_bounds() {
+        let v = with(
+            base(),
+            "/source/rabbitmq/prefetch",
+            json!({"mode": "Apply", "min": 10, "max": 5}),
+        );
+        let p = problems(v).join("\n");
+        assert!(p.contains("deliverTo is required"), "{p}");
+        assert!(p.contains("min (10) must not exceed"), "{p}");
+        let v = with(
+            base(),
+            "/source/rabbitmq/prefetch",
+            json!({
+                "mode": "Apply", "deliverTo": {"env": {"container": "c", "name": "P"}}, "minInterval": "30s"
+            }),
+        );
+        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source;
+        let pf = prefetch.expect("prefetch");
+        assert!(pf.apply);
+        assert_eq!((pf.min, pf.max, pf.min_change_percent), (1, 1000, 25));
+        assert_eq!(pf.min_interval, Duration::from_secs(30));
+        // Off means no prefetch handling at all.
+        let v = with(base(), "/source/rabbitmq/prefetch", json!({"mode": "Off"}));
+        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source;
+        assert!(prefetch.is_none());
     }
 }

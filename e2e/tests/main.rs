@@ -7,6 +7,8 @@
 mod leader;
 mod operator;
 mod packaging;
+mod rabbitmq_deadletter;
+mod rabbitmq_prefetch;
 mod rabbitmq_source;
 mod support;
 
@@ -19,6 +21,8 @@ fn main() -> ExitCode {
     let env = support::Env::new();
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
+    trials.extend(rabbitmq_deadletter::trials(&env));
+    trials.extend(rabbitmq_prefetch::trials(&env));
     trials.extend(operator::trials(&env));
     trials.extend(leader::trials(&env));
     trials.extend(packaging::trials(&env));

@@ -1,16 +1,94 @@
 //! Field ownership (`metadata.managedFields`) and server-side apply.
 //!
-//! Simplification: ownership is tracked on leaf paths made of object field names only.
-//! Every list is atomic (owned as one leaf), including lists marked
-//! `x-kubernetes-list-type: map`; `FieldsV1` is written in the real `f:` format with
-//! atomic lists as leaves.
+//! Simplification: ownership is tracked on leaf paths made of object field names, plus
+//! `k:{"name":"..."}` segments for the pod-template lists that the real API server merges by
+//! name (`containers`, `initContainers`, `ephemeralContainers`, `env`, `volumes`: see
+//! [`ASSOCIATIVE`]). Every other list is atomic (owned as one leaf), including lists marked
+//! `x-kubernetes-list-type: map` in CRDs; `FieldsV1` is written in the real `f:`/`k:` format.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-/// A leaf field path, e.g. `["spec", "replicas"]`.
+/// A leaf field path, e.g. `["spec", "replicas"]`; an item of an associative list is a
+/// `k:{"name":"consumer"}` segment.
 pub type Path = Vec<String>;
+
+/// Lists merged by their items' `name` (as built-in pod templates declare them), wherever they
+/// appear.
+pub const ASSOCIATIVE: [&str; 5] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "env",
+    "volumes",
+];
+
+/// The `k:` segment of an associative-list item, when the list is associative and the item has
+/// a string `name`.
+fn item_key(list_field: Option<&String>, item: &Value) -> Option<String> {
+    let field = list_field?;
+    if !ASSOCIATIVE.contains(&field.as_str()) {
+        return None;
+    }
+    let name = item.get("name")?.as_str()?;
+    Some(format!("k:{}", json!({ "name": name })))
+}
+
+/// True when every item of `items` (under `list_field`) has a key.
+fn keyed(list_field: Option<&String>, items: &[Value]) -> bool {
+    !items.is_empty() && items.iter().all(|i| item_key(list_field, i).is_some())
+}
+
+/// Merge `patch` into `target` like a JSON merge patch, except that associative lists are
+/// merged item by item (matched by name) instead of replaced.
+pub fn merge(target: &mut Value, patch: &Value) {
+    fn walk(target: &mut Value, patch: &Value, field: Option<&String>) {
+        match (target, patch) {
+            (Value::Array(have), Value::Array(want))
+                if keyed(field, want) && (have.is_empty() || keyed(field, have)) =>
+            {
+                for item in want {
+                    let key = item_key(field, item);
+                    match have.iter_mut().find(|h| item_key(field, h) == key) {
+                        Some(existing) => walk(existing, item, None),
+                        None => have.push(item.clone()),
+                    }
+                }
+            }
+            (t @ Value::Object(_), Value::Object(p)) => {
+                let Value::Object(m) = t else { return };
+                for (k, v) in p {
+                    if v.is_null() {
+                        m.remove(k);
+                    } else {
+                        let slot = m.entry(k.clone()).or_insert(Value::Null);
+                        if !slot.is_object() && !v.is_object() && !v.is_array() {
+                            *slot = v.clone();
+                        } else {
+                            walk(slot, v, Some(k));
+                        }
+                    }
+                }
+            }
+            (t, p) => {
+                let mut p = p.clone();
+                strip_nulls(&mut p);
+                *t = p;
+            }
+        }
+    }
+    walk(target, patch, None);
+}
+
+fn strip_nulls(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.retain(|_, x| !x.is_null());
+        for x in m.values_mut() {
+            strip_nulls(x);
+        }
+    }
+}
 
 /// One `metadata.managedFields` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +161,8 @@ pub fn tracked(obj: &Value) -> Value {
     Value::Object(out)
 }
 
-/// Leaf paths of a value with their values (objects are descended, all else is a leaf).
+/// Leaf paths of a value with their values (objects and associative lists are descended,
+/// all else is a leaf).
 pub fn leaves(v: &Value) -> BTreeMap<Path, Value> {
     fn walk(v: &Value, prefix: &mut Path, out: &mut BTreeMap<Path, Value>) {
         match v {
@@ -92,6 +171,16 @@ pub fn leaves(v: &Value) -> BTreeMap<Path, Value> {
                     prefix.push(k.clone());
                     walk(child, prefix, out);
                     prefix.pop();
+                }
+            }
+            Value::Array(items) if keyed(prefix.last(), items) => {
+                let field = prefix.last().cloned();
+                for item in items {
+                    if let Some(key) = item_key(field.as_ref(), item) {
+                        prefix.push(key);
+                        walk(item, prefix, out);
+                        prefix.pop();
+                    }
                 }
             }
             _ => {
@@ -108,8 +197,15 @@ pub fn leaves(v: &Value) -> BTreeMap<Path, Value> {
 
 fn get_path<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
     let mut cur = v;
+    let mut field: Option<&String> = None;
     for seg in p {
-        cur = cur.get(seg)?;
+        cur = match cur {
+            Value::Array(items) if seg.starts_with("k:") => items
+                .iter()
+                .find(|i| item_key(field, i).as_deref() == Some(seg.as_str()))?,
+            _ => cur.get(seg)?,
+        };
+        field = Some(seg);
     }
     Some(cur)
 }
@@ -119,18 +215,46 @@ fn remove_path(v: &mut Value, p: &[String]) {
     let Some((last, parents)) = p.split_last() else {
         return;
     };
+    // An associative-list item's key goes with the item (every owner of the item owns it).
+    if last == "name" && parents.last().is_some_and(|s| s.starts_with("k:")) {
+        remove_path(v, parents);
+        return;
+    }
     let mut cur = &mut *v;
+    let mut field: Option<String> = None;
     for seg in parents {
-        match cur.get_mut(seg) {
+        let next = if seg.starts_with("k:") && cur.is_array() {
+            cur.as_array_mut().and_then(|items| {
+                items
+                    .iter_mut()
+                    .find(|i| item_key(field.as_ref(), i).as_deref() == Some(seg.as_str()))
+            })
+        } else {
+            cur.get_mut(seg)
+        };
+        match next {
             Some(next) => cur = next,
             None => return,
         }
+        field = Some(seg.clone());
     }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(last);
-        if m.is_empty() && parents.len() > 1 {
-            remove_path(v, parents);
+    let now_empty = match cur {
+        Value::Array(items) if last.starts_with("k:") => {
+            items.retain(|i| item_key(field.as_ref(), i).as_deref() != Some(last.as_str()));
+            items.is_empty()
         }
+        Value::Object(m) => {
+            m.remove(last);
+            // An associative-list item left with only its key is gone too.
+            m.is_empty()
+                || (m.len() == 1
+                    && m.contains_key("name")
+                    && parents.last().is_some_and(|s| s.starts_with("k:")))
+        }
+        _ => false,
+    };
+    if now_empty && parents.len() > 1 {
+        remove_path(v, parents);
     }
 }
 
@@ -143,9 +267,12 @@ fn fields_to_v1(fields: &BTreeSet<Path>) -> Value {
     for p in fields {
         let mut cur = &mut root;
         for seg in p {
-            let entry = cur
-                .entry(format!("f:{seg}"))
-                .or_insert_with(|| Value::Object(Map::new()));
+            let name = if seg.starts_with("k:") {
+                seg.clone()
+            } else {
+                format!("f:{seg}")
+            };
+            let entry = cur.entry(name).or_insert_with(|| Value::Object(Map::new()));
             if !entry.is_object() {
                 *entry = Value::Object(Map::new());
             }
@@ -166,7 +293,11 @@ fn fields_from_v1(v: &Value) -> BTreeSet<Path> {
             .unwrap_or_default();
         let named: Vec<_> = children
             .iter()
-            .filter_map(|(k, c)| k.strip_prefix("f:").map(|n| (n, *c)))
+            .filter_map(|(k, c)| {
+                k.strip_prefix("f:")
+                    .or_else(|| k.starts_with("k:").then_some(k.as_str()))
+                    .map(|n| (n, *c))
+            })
             .collect();
         if named.is_empty() || named.len() != children.len() {
             // A leaf, or a list keyed by `k:`/`v:`/`i:` entries: owned atomically.
@@ -380,7 +511,7 @@ pub fn apply(
             });
         }
     }
-    json_patch::merge(&mut new, &to_merge);
+    merge(&mut new, &to_merge);
 
     let fields: BTreeSet<Path> = applied_leaves.into_keys().collect();
     match entries
@@ -425,6 +556,76 @@ mod tests {
         let v1 = fields_to_v1(&set);
         assert_eq!(v1["f:spec"]["f:replicas"], json!({}));
         assert_eq!(fields_from_v1(&v1), set);
+    }
+
+    #[test]
+    fn env_of_one_container_is_applied_alone() {
+        let mut entries = Vec::new();
+        let created = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "a:1", "env": [{"name": "MODE", "value": "x"}]},
+            {"name": "sidecar", "image": "s:1"}
+        ]}}}});
+        record_update(&mut entries, None, &created, &writer("kubectl"));
+        let env = |v: &str| {
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "env": [{"name": "PREFETCH", "value": v}]}
+            ]}}}})
+        };
+        let obj = apply(
+            &mut entries,
+            &created,
+            &env("8"),
+            &writer("nerite-prefetch"),
+            false,
+        )
+        .unwrap_or_default();
+        let containers = &obj["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["image"], "a:1");
+        assert_eq!(containers[1]["name"], "sidecar");
+        assert_eq!(containers[0]["env"][0]["name"], "MODE");
+        assert_eq!(
+            containers[0]["env"][1],
+            json!({"name": "PREFETCH", "value": "8"})
+        );
+        // The same manager changes its value without conflict.
+        let obj = apply(
+            &mut entries,
+            &obj,
+            &env("16"),
+            &writer("nerite-prefetch"),
+            false,
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"],
+            "16"
+        );
+        // Another manager setting a different value conflicts; the same value does not.
+        let err = apply(&mut entries, &obj, &env("4"), &writer("other"), false);
+        assert!(err.is_err());
+        assert!(apply(&mut entries, &obj, &env("16"), &writer("other"), false).is_ok());
+        // FieldsV1 round-trips the k: segments.
+        let set: BTreeSet<Path> = leaves(&tracked(&obj)).into_keys().collect();
+        assert_eq!(fields_from_v1(&fields_to_v1(&set)), set);
+        assert!(
+            fields_to_v1(&set)["f:spec"]["f:template"]["f:spec"]["f:containers"]
+                .get(r#"k:{"name":"app"}"#)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn dropping_an_applied_env_removes_only_it() {
+        let mut entries = Vec::new();
+        let created = json!({"spec": {"containers": [{"name": "app", "image": "a:1"}]}});
+        record_update(&mut entries, None, &created, &writer("kubectl"));
+        let with_env = json!({"spec": {"containers": [{"name": "app", "env": [{"name": "P", "value": "1"}]}]}});
+        let obj =
+            apply(&mut entries, &created, &with_env, &writer("op"), false).unwrap_or_default();
+        let without = json!({"spec": {"containers": [{"name": "app"}]}});
+        let obj = apply(&mut entries, &obj, &without, &writer("op"), false).unwrap_or_default();
+        assert_eq!(obj["spec"]["containers"][0]["image"], "a:1");
+        assert!(obj["spec"]["containers"][0].get("env").is_none(), "{obj}");
     }
 
     #[test]

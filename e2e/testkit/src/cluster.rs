@@ -220,6 +220,27 @@ impl Cluster {
             .map_err(|e| format!("create {name}: {e}"))
     }
 
+    /// Merge-patch a ScaledConsumer (e.g. `{"spec": {...}}` or `{"metadata": {"annotations": ...}}`).
+    pub async fn patch_scaled_consumer(
+        &self,
+        ns: &str,
+        name: &str,
+        patch: Value,
+    ) -> Result<(), String> {
+        let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), ns);
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(|e| format!("patch {name}: {e}"))
+    }
+
+    /// A Deployment as JSON (pod template, generation, managedFields).
+    pub async fn deployment_json(&self, ns: &str, name: &str) -> Result<Value, String> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let d = api.get(name).await.map_err(|e| e.to_string())?;
+        serde_json::to_value(d).map_err(|e| e.to_string())
+    }
+
     pub async fn status(&self, ns: &str, name: &str) -> Result<ScaledConsumerStatus, String> {
         let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), ns);
         let sc = api.get(name).await.map_err(|e| e.to_string())?;

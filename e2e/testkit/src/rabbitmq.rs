@@ -33,6 +33,8 @@ pub struct RabbitMq {
     http: reqwest::blocking::Client,
     /// Wall time of the first start (script start to broker and management API ready).
     pub cold_start: Duration,
+    /// Plugins to enable (comma-separated); `None`: the script's default set.
+    plugins: Option<String>,
     /// Serializes stop/start_again.
     lifecycle: Mutex<()>,
 }
@@ -57,7 +59,15 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N], String> {
 }
 
 fn run_script(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("bash")
+    run_script_with(args, None)
+}
+
+fn run_script_with(args: &[&str], plugins: Option<&str>) -> Result<String, String> {
+    let mut cmd = Command::new("bash");
+    if let Some(p) = plugins {
+        cmd.env("NERITE_RABBITMQ_PLUGINS", p);
+    }
+    let out = cmd
         .arg(script())
         .args(args)
         // Brokers die with this process even when it is killed before `Drop` runs.
@@ -91,6 +101,15 @@ pub fn enc(segment: &str) -> String {
 impl RabbitMq {
     /// Start a new broker on free ports in a new temporary directory.
     pub fn start() -> Result<RabbitMq, String> {
+        Self::start_inner(None)
+    }
+
+    /// Start a broker with only these plugins (comma-separated, e.g. `rabbitmq_management`).
+    pub fn start_with_plugins(plugins: &str) -> Result<RabbitMq, String> {
+        Self::start_inner(Some(plugins.to_owned()))
+    }
+
+    fn start_inner(plugins: Option<String>) -> Result<RabbitMq, String> {
         let dir = tempfile::Builder::new()
             .prefix("nerite-rabbitmq-")
             .tempdir()
@@ -108,6 +127,7 @@ impl RabbitMq {
             epmd_port,
             http,
             cold_start: Duration::ZERO,
+            plugins,
             lifecycle: Mutex::new(()),
         };
         if std::env::var_os("NERITE_KEEP_RABBITMQ").is_some() {
@@ -144,7 +164,7 @@ impl RabbitMq {
         let dir = self.dir_arg()?;
         let mut args = vec!["start", dir];
         args.extend(ports.iter().map(String::as_str));
-        run_script(&args).map(drop)
+        run_script_with(&args, self.plugins.as_deref()).map(drop)
     }
 
     /// Kill the broker (data stays in its directory). Idempotent.
@@ -347,6 +367,99 @@ impl RabbitMq {
             .ok_or_else(|| format!("get from {vhost}/{queue}: not a list: {answer}"))
     }
 
+    /// A durable queue with extra arguments (e.g. `{"x-max-length": 5}`).
+    pub fn declare_queue_with_args(
+        &self,
+        vhost: &str,
+        name: &str,
+        arguments: Value,
+    ) -> Result<(), String> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("queues/{}/{}", enc(vhost), enc(name)),
+            Some(&json!({ "durable": true, "auto_delete": false, "arguments": arguments })),
+        )
+        .map(drop)
+    }
+
+    /// Take up to `n` messages and settle them with `ackmode` (`ack_requeue_false`,
+    /// `reject_requeue_false`, `reject_requeue_true`); returns their payloads.
+    pub fn take(
+        &self,
+        vhost: &str,
+        queue: &str,
+        n: usize,
+        ackmode: &str,
+    ) -> Result<Vec<String>, String> {
+        let answer = self.call(
+            reqwest::Method::POST,
+            &format!("queues/{}/{}/get", enc(vhost), enc(queue)),
+            Some(&json!({
+                "count": n,
+                "ackmode": ackmode,
+                "encoding": "auto",
+            })),
+        )?;
+        let list = answer
+            .as_array()
+            .ok_or_else(|| format!("get from {vhost}/{queue}: not a list: {answer}"))?;
+        Ok(list
+            .iter()
+            .map(|m| m["payload"].as_str().unwrap_or_default().to_owned())
+            .collect())
+    }
+
+    /// Any management API GET as guest (path after `/api/`).
+    pub fn api_get(&self, path: &str) -> Result<Value, String> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    /// `PUT /api/policies/{vhost}/{name}`.
+    pub fn put_policy(
+        &self,
+        vhost: &str,
+        name: &str,
+        pattern: &str,
+        definition: Value,
+        priority: i64,
+    ) -> Result<(), String> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("policies/{}/{}", enc(vhost), enc(name)),
+            Some(&json!({
+                "pattern": pattern,
+                "apply-to": "queues",
+                "priority": priority,
+                "definition": definition,
+            })),
+        )
+        .map(drop)
+    }
+
+    /// Names of the vhost's policies.
+    pub fn policy_names(&self, vhost: &str) -> Result<Vec<String>, String> {
+        let v = self.call(
+            reqwest::Method::GET,
+            &format!("policies/{}", enc(vhost)),
+            None,
+        )?;
+        Ok(v.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Messages in a queue right now (`messages`, as the management API shows it).
+    pub fn depth(&self, vhost: &str, queue: &str) -> Result<i64, String> {
+        let info = self.queue_info(vhost, queue)?;
+        info["messages"]
+            .as_i64()
+            .ok_or_else(|| format!("{vhost}/{queue}: no message count yet"))
+    }
+
     /// The queue as the management API shows it (all fields).
     pub fn queue_info(&self, vhost: &str, queue: &str) -> Result<Value, String> {
         self.call(
@@ -399,5 +512,66 @@ pub fn wait_for<T>(
             }
             Err(_) => std::thread::sleep(POLL),
         }
+    }
+}
+
+/// A consumer process (`e2e/tools/consumer.py`, pika) with a given prefetch and a processing
+/// delay per message. Killed on drop.
+pub struct Consumer {
+    child: std::process::Child,
+}
+
+impl Consumer {
+    /// Start consuming `queue` on the broker's AMQP port; returns once it consumes.
+    pub fn start(
+        amqp_port: u16,
+        queue: &str,
+        prefetch: u32,
+        delay: Duration,
+    ) -> Result<Consumer, String> {
+        use std::io::{BufRead, BufReader};
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let venv = Command::new("bash")
+            .arg(root.join("venv.sh"))
+            .output()
+            .map_err(|e| format!("venv.sh: {e}"))?;
+        if !venv.status.success() {
+            return Err(format!(
+                "venv.sh failed: {}",
+                String::from_utf8_lossy(&venv.stderr)
+            ));
+        }
+        let venv = String::from_utf8_lossy(&venv.stdout).trim().to_owned();
+        let mut child = Command::new(format!("{venv}/bin/python"))
+            .arg(root.join("tools/consumer.py"))
+            .arg(amqp_port.to_string())
+            .arg(queue)
+            .arg(prefetch.to_string())
+            .arg(format!("{}", delay.as_secs_f64()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("consumer.py: {e}"))?;
+        let stdout = child.stdout.take().ok_or("consumer.py: no stdout")?;
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line);
+        if read.is_err() || line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("consumer.py did not start: {line:?} {read:?}"));
+        }
+        Ok(Consumer { child })
+    }
+
+    /// Process id (to stop it by pid).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

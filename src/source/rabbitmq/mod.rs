@@ -11,10 +11,23 @@
 //!
 //! Credentials travel only in the `Authorization` header. Management URLs that carry
 //! credentials are refused, and no error text is built from anything that could hold them.
+//!
+//! The operator does not call [`Source::observe`] per object: [`poller::SharedPoller`] serves
+//! every ScaledConsumer on one endpoint and vhost from one listing per tick. [`manage`] holds
+//! the writes (dead-letter topology, policies, shovels), [`prefetch`], [`deadletter`] and
+//! [`redrive`] the pure decisions, and [`reconcile`] ties them to one ScaledConsumer.
+
+pub mod deadletter;
+pub mod manage;
+pub mod poller;
+pub mod prefetch;
+pub mod reconcile;
+pub mod redrive;
 
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -41,6 +54,26 @@ pub struct ManagementApi {
     timeout: Duration,
     /// Keyed by `scheme://host:port`.
     clients: Mutex<HashMap<String, reqwest::Client>>,
+    calls: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Management API traffic since the client was created: requests sent and response body
+/// bytes received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub calls: u64,
+    pub bytes: u64,
+}
+
+impl Traffic {
+    /// Traffic between an earlier reading and this one.
+    pub fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            calls: self.calls.saturating_sub(earlier.calls),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
 }
 
 impl ManagementApi {
@@ -49,7 +82,22 @@ impl ManagementApi {
         Self {
             timeout,
             clients: Mutex::new(HashMap::new()),
+            calls: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Requests made and bytes received so far.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            calls: self.calls.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The deadline of one operation started now.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn client(&self, endpoint: &Endpoint) -> Result<reqwest::Client, SourceError> {
@@ -83,20 +131,52 @@ impl ManagementApi {
         credentials: &Credentials,
         deadline: Instant,
     ) -> Result<(StatusCode, Vec<u8>), SourceError> {
+        self.request(
+            client,
+            endpoint,
+            reqwest::Method::GET,
+            url,
+            None,
+            credentials,
+            deadline,
+        )
+        .await
+    }
+
+    /// One request with an optional JSON body; returns status and body, or the classified
+    /// transport failure. Counted in [`ManagementApi::traffic`].
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        client: &reqwest::Client,
+        endpoint: &Endpoint,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<&serde_json::Value>,
+        credentials: &Credentials,
+        deadline: Instant,
+    ) -> Result<(StatusCode, Vec<u8>), SourceError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(self.timeout_error(endpoint));
         }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let send = async {
-            let response = client
-                .get(url)
+            let mut request = client
+                .request(method, url)
                 .basic_auth(&credentials.username, Some(credentials.password()))
                 .header(reqwest::header::ACCEPT, "application/json")
-                .timeout(remaining)
-                .send()
-                .await?;
+                .timeout(remaining);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await?;
             let status = response.status();
             let body = response.bytes().await?;
+            self.bytes.fetch_add(
+                u64::try_from(body.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             Ok::<_, reqwest::Error>((status, body.to_vec()))
         };
         // The client's own timeouts should fire first; this is the backstop for the contract.
@@ -160,7 +240,7 @@ impl Source for ManagementApi {
             endpoint: endpoint.key.clone(),
             detail: scrub(detail, credentials),
         })?;
-        stats.into_observation(target.include_unacked, Timestamp::now(), &endpoint.key)
+        stats.to_observation(target.include_unacked, Timestamp::now(), &endpoint.key)
     }
 }
 
@@ -302,25 +382,29 @@ fn check_name(what: &str, name: &str) -> Result<(), SourceError> {
 }
 
 /// The queue fields this source reads. Everything is optional on the wire; what is required is
-/// decided in [`QueueStats::into_observation`].
+/// decided in [`QueueStats::to_observation`].
 #[derive(Debug, Default, Deserialize, PartialEq)]
 struct QueueStats {
+    /// Present in listings.
+    name: Option<String>,
     messages: Option<i64>,
     messages_ready: Option<i64>,
     messages_unacknowledged: Option<i64>,
     consumers: Option<i64>,
     consumer_utilisation: Option<f64>,
+    /// The same measure under its RabbitMQ 3.12+ name.
+    consumer_capacity: Option<f64>,
     message_stats: Option<MessageStats>,
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 struct MessageStats {
     publish_details: Option<Rate>,
     deliver_get_details: Option<Rate>,
     ack_details: Option<Rate>,
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 struct Rate {
     rate: Option<f64>,
 }
@@ -339,8 +423,8 @@ fn parse_queue(body: &[u8]) -> Result<QueueStats, String> {
 }
 
 impl QueueStats {
-    fn into_observation(
-        self,
+    fn to_observation(
+        &self,
         include_unacked: bool,
         observed_at: Timestamp,
         endpoint: &str,
@@ -371,7 +455,7 @@ impl QueueStats {
         if backlog < 0 {
             return Err(protocol("the broker reports a negative message count"));
         }
-        let stats = self.message_stats.unwrap_or_default();
+        let stats = self.message_stats.clone().unwrap_or_default();
         let rate = |r: Option<Rate>| r.and_then(|r| r.rate).filter(|v| v.is_finite());
         Ok(Observation {
             backlog,
@@ -381,7 +465,10 @@ impl QueueStats {
             publish_rate: rate(stats.publish_details),
             deliver_rate: rate(stats.deliver_get_details),
             ack_rate: rate(stats.ack_details),
-            consumer_utilisation: self.consumer_utilisation.filter(|v| v.is_finite()),
+            consumer_utilisation: self
+                .consumer_utilisation
+                .or(self.consumer_capacity)
+                .filter(|v| v.is_finite()),
             observed_at,
         })
     }
@@ -584,7 +671,7 @@ mod tests {
             endpoint: "e".into(),
             detail: d,
         })?;
-        stats.into_observation(include_unacked, Timestamp::UNIX_EPOCH, "e")
+        stats.to_observation(include_unacked, Timestamp::UNIX_EPOCH, "e")
     }
 
     #[test]

@@ -1,0 +1,865 @@
+//! RabbitMQ extras of one ScaledConsumer, once per tick: prefetch, dead-lettering, redrive.
+//!
+//! The controller calls [`Extras::reconcile`] after it has read the queue and decided the
+//! replica count; the outcome is the `status.rabbitmq` object and the conditions
+//! `DeadLettering`, `Redrive` and `Prefetch`. Decisions are made by the pure modules
+//! ([`super::prefetch`], [`super::deadletter`], [`super::redrive`]); broker writes go through
+//! [`super::manage`], Kubernetes writes through [`crate::kubeio`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::RabbitMqTarget;
+use super::deadletter::{self, PlanError};
+use super::manage::{ManageError, ShovelState, Vhost};
+use super::poller::SharedPoller;
+use super::prefetch::{self, Measurements};
+use super::redrive::{self, Seen, Step};
+use crate::api::{
+    DeadLetterStatus, PrefetchStatus, REDRIVE_ANNOTATION, RabbitMqStatus, RedriveStatus,
+    ScaleTargetRef, ScaledConsumer,
+};
+use crate::kubeio::{KubeIo, Target, TemplateEnv};
+use crate::source::Observation;
+use crate::status::{self, CondUpdate};
+
+pub const DEAD_LETTERING: &str = "DeadLettering";
+pub const REDRIVE: &str = "Redrive";
+pub const PREFETCH: &str = "Prefetch";
+
+/// How often a dead-letter set-up that is in place is checked again.
+const DEAD_LETTER_RECHECK: Duration = Duration::from_secs(300);
+/// Shortest interval between two prefetch evaluations of one object.
+const PREFETCH_EVERY: Duration = Duration::from_secs(5);
+
+/// Validated `spec.source.rabbitmq.prefetch` (mode `Recommend` or `Apply`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidPrefetch {
+    pub apply: bool,
+    pub min: u16,
+    pub max: u16,
+    pub deliver_to: Option<Delivery>,
+    pub min_change_percent: u32,
+    pub min_interval: Duration,
+}
+
+/// Where an applied prefetch goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Env { container: String, name: String },
+    ConfigMap { name: String, key: String },
+}
+
+/// Validated `spec.source.rabbitmq.deadLetter`, defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidDeadLetter {
+    pub queue: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub max_deliveries: Option<u32>,
+    pub redrive_request: Option<String>,
+    pub max_in_flight: u16,
+}
+
+/// What one ScaledConsumer's extras need.
+pub struct Inputs<'a> {
+    pub sc: &'a ScaledConsumer,
+    pub key: &'a str,
+    pub target: &'a RabbitMqTarget,
+    pub prefetch: Option<&'a ValidPrefetch>,
+    pub dead_letter: Option<&'a ValidDeadLetter>,
+    pub observation: Option<&'a Observation>,
+    pub workload: &'a Target,
+    pub workload_ref: &'a ScaleTargetRef,
+    pub poll: Duration,
+}
+
+/// The status object and condition changes to merge.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub status: Option<RabbitMqStatus>,
+    pub conditions: Vec<CondUpdate>,
+    /// Condition types that no longer apply (their section was removed).
+    pub remove: Vec<&'static str>,
+}
+
+#[derive(Default)]
+struct ObjState {
+    dl_fingerprint: Option<String>,
+    dl_checked: Option<Instant>,
+    dl_result: Option<Result<DeadLetterStatus, (String, String)>>,
+    prefetch_checked: Option<Instant>,
+    prefetch_result: Option<(PrefetchStatus, CondUpdate)>,
+    /// Area → fingerprint of the last Event, so each new problem is reported once.
+    reported: HashMap<&'static str, String>,
+}
+
+/// Per-object memory of the extras, shared by every reconcile.
+#[derive(Default)]
+pub struct Extras {
+    state: Mutex<HashMap<String, ObjState>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_text() -> String {
+    status::rfc3339(Timestamp::now())
+}
+
+impl Extras {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forget objects that no longer exist.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        lock(&self.state).retain(|k, _| live(k));
+    }
+
+    pub async fn reconcile(&self, poller: &SharedPoller, kube: &KubeIo, i: Inputs<'_>) -> Outcome {
+        let prev =
+            i.sc.status
+                .as_ref()
+                .and_then(|s| s.rabbitmq.clone())
+                .unwrap_or_default();
+        let mut out = Outcome::default();
+        let mut status = RabbitMqStatus::default();
+        let vhost = match Vhost::new(poller.api(), i.target) {
+            Ok(v) => v,
+            // The main observation reports a bad URL already.
+            Err(_) => return out,
+        };
+
+        // Dead-lettering.
+        match i.dead_letter {
+            Some(dl) => {
+                let (st, cond) = self.dead_letter(poller, &vhost, &i, dl).await;
+                status.dead_letter = st;
+                self.report(kube, &i, DEAD_LETTERING, &cond).await;
+                out.conditions.push(cond);
+            }
+            None => {
+                out.remove.push(DEAD_LETTERING);
+                if let Some(old) = prev.dead_letter.as_ref().and_then(|d| d.policy.clone()) {
+                    if let Err(e) = vhost.delete_policy(&old).await {
+                        // Keep reporting it until the policy is gone.
+                        status.dead_letter = prev.dead_letter.clone();
+                        let cond = CondUpdate::new(
+                            DEAD_LETTERING,
+                            false,
+                            e.reason("PolicyRemovalFailed"),
+                            format!("could not remove policy {old:?}: {e}"),
+                        );
+                        out.conditions.push(cond);
+                        out.remove.pop();
+                    } else {
+                        kube.event(
+                            i.sc,
+                            false,
+                            "DeadLetterPolicyRemoved",
+                            "DeadLetter",
+                            format!("removed policy {old:?} (the dead-letter queue and its messages stay)"),
+                        )
+                        .await;
+                    }
+                }
+                let mut st = lock(&self.state);
+                let s = st.entry(i.key.to_owned()).or_default();
+                s.dl_fingerprint = None;
+                s.dl_result = None;
+            }
+        }
+
+        // Redrive (needs the dead-letter section for the queue names).
+        let request = i
+            .dead_letter
+            .and_then(|d| d.redrive_request.clone())
+            .or_else(|| i.sc.annotations().get(REDRIVE_ANNOTATION).cloned())
+            .filter(|r| !r.is_empty());
+        match i.dead_letter {
+            Some(dl) => {
+                let (rd, cond) = self
+                    .redrive(
+                        poller,
+                        kube,
+                        &vhost,
+                        &i,
+                        dl,
+                        request.as_deref(),
+                        prev.redrive.as_ref(),
+                    )
+                    .await;
+                status.redrive = rd;
+                match cond {
+                    Some(c) => {
+                        self.report(kube, &i, REDRIVE, &c).await;
+                        out.conditions.push(c);
+                    }
+                    None => out.remove.push(REDRIVE),
+                }
+            }
+            None => {
+                status.redrive = prev.redrive.clone();
+                if request.is_some() {
+                    let c = CondUpdate::new(
+                        REDRIVE,
+                        false,
+                        "NoDeadLetterQueue",
+                        "a redrive needs spec.source.rabbitmq.deadLetter",
+                    );
+                    self.report(kube, &i, REDRIVE, &c).await;
+                    out.conditions.push(c);
+                } else {
+                    out.remove.push(REDRIVE);
+                }
+            }
+        }
+
+        // Prefetch.
+        match i.prefetch {
+            Some(pf) => {
+                let (st, cond) = self
+                    .prefetch(kube, &vhost, &i, pf, prev.prefetch.as_ref())
+                    .await;
+                status.prefetch = Some(st);
+                self.report(kube, &i, PREFETCH, &cond).await;
+                out.conditions.push(cond);
+            }
+            None => out.remove.push(PREFETCH),
+        }
+
+        if status != RabbitMqStatus::default() {
+            out.status = Some(status);
+        }
+        out
+    }
+
+    /// An Event for a new problem (once per distinct problem) of one area.
+    async fn report(&self, kube: &KubeIo, i: &Inputs<'_>, area: &'static str, c: &CondUpdate) {
+        let fingerprint = format!("{}:{}:{}", c.status, c.reason, c.message);
+        let new = {
+            let mut st = lock(&self.state);
+            let s = st.entry(i.key.to_owned()).or_default();
+            let old = s.reported.insert(area, fingerprint.clone());
+            old.as_deref() != Some(fingerprint.as_str())
+        };
+        if new && !c.status {
+            tracing::warn!(object = i.key, area, reason = %c.reason, message = %c.message, "rabbitmq");
+            kube.event(i.sc, true, &c.reason, area, c.message.clone())
+                .await;
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        poller: &SharedPoller,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        dl: &ValidDeadLetter,
+    ) -> (Option<DeadLetterStatus>, CondUpdate) {
+        let fingerprint = format!(
+            "{:?}/{}/{}/{}/{:?}",
+            i.sc.metadata.generation, dl.queue, dl.exchange, dl.routing_key, dl.max_deliveries
+        );
+        let due = {
+            let st = lock(&self.state);
+            match st.get(i.key) {
+                Some(s) => {
+                    s.dl_fingerprint.as_deref() != Some(fingerprint.as_str())
+                        || !matches!(s.dl_result, Some(Ok(_)))
+                        || s.dl_checked
+                            .is_none_or(|t| t.elapsed() >= DEAD_LETTER_RECHECK)
+                }
+                None => true,
+            }
+        };
+        let result = if due {
+            let r = set_up_dead_letter(vhost, &i.target.queue, dl).await;
+            let mut st = lock(&self.state);
+            let s = st.entry(i.key.to_owned()).or_default();
+            s.dl_fingerprint = Some(fingerprint);
+            s.dl_checked = Some(Instant::now());
+            s.dl_result = Some(r.clone());
+            r
+        } else {
+            lock(&self.state)
+                .get(i.key)
+                .and_then(|s| s.dl_result.clone())
+                .unwrap_or_else(|| Err(("Pending".into(), "not checked yet".into())))
+        };
+        match result {
+            Ok(mut st) => {
+                let dlq = RabbitMqTarget {
+                    queue: dl.queue.clone(),
+                    include_unacked: true,
+                    ..i.target.clone()
+                };
+                st.depth = poller
+                    .observe(&dlq, i.poll / 2)
+                    .await
+                    .ok()
+                    .map(|o| o.backlog);
+                let msg = format!(
+                    "{} queue {:?} dead-letters to {:?} via {:?} (policy {:?}){}",
+                    st.queue_type.as_deref().unwrap_or("the"),
+                    i.target.queue,
+                    st.queue,
+                    st.exchange,
+                    st.policy.as_deref().unwrap_or_default(),
+                    st.message
+                        .as_ref()
+                        .map(|m| format!("; {m}"))
+                        .unwrap_or_default()
+                );
+                (
+                    Some(st),
+                    CondUpdate::new(DEAD_LETTERING, true, "Configured", msg),
+                )
+            }
+            Err((reason, message)) => (
+                None,
+                CondUpdate::new(DEAD_LETTERING, false, &reason, message),
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn redrive(
+        &self,
+        poller: &SharedPoller,
+        kube: &KubeIo,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        dl: &ValidDeadLetter,
+        request: Option<&str>,
+        recorded: Option<&RedriveStatus>,
+    ) -> (Option<RedriveStatus>, Option<CondUpdate>) {
+        let namespace = i.sc.namespace().unwrap_or_default();
+        let dlq = RabbitMqTarget {
+            queue: dl.queue.clone(),
+            include_unacked: true,
+            ..i.target.clone()
+        };
+        match redrive::step(request, recorded, &namespace, &i.sc.name_any()) {
+            Step::Idle => {
+                let cond = recorded.map(redrive_condition);
+                (recorded.cloned(), cond)
+            }
+            Step::Start { request_id, shovel } => {
+                // Exact depth: what the shovel will move.
+                let depth = poller
+                    .observe(&dlq, Duration::ZERO)
+                    .await
+                    .ok()
+                    .map(|o| o.backlog);
+                let starting = redrive::starting(&request_id, &shovel, depth, &now_text());
+                // Record the request before anything moves: a restart then never starts it twice.
+                let mut whole = i.sc.status.clone().unwrap_or_default();
+                whole
+                    .rabbitmq
+                    .get_or_insert_with(RabbitMqStatus::default)
+                    .redrive = Some(starting.clone());
+                if let Err(e) = kube.apply_status(i.sc, &whole).await {
+                    let c = CondUpdate::new(
+                        REDRIVE,
+                        false,
+                        "StatusWriteFailed",
+                        format!("redrive {request_id:?} not started: cannot record it first: {e}"),
+                    );
+                    return (recorded.cloned(), Some(c));
+                }
+                let def = redrive::shovel_definition(
+                    &i.target.vhost,
+                    &dl.queue,
+                    &i.target.queue,
+                    dl.max_in_flight,
+                );
+                match vhost.put_shovel(&shovel, &def).await {
+                    Ok(()) => {
+                        kube.event(
+                            i.sc,
+                            false,
+                            "RedriveStarted",
+                            "Redrive",
+                            format!(
+                                "redrive {request_id:?}: shovel {shovel:?} moves {} messages from {:?} to {:?}",
+                                depth.map_or("the".into(), |d| d.to_string()),
+                                dl.queue,
+                                i.target.queue
+                            ),
+                        )
+                        .await;
+                        let running =
+                            redrive::advance(&starting, &Seen::Running, depth, &now_text());
+                        let c = redrive_condition(&running);
+                        (Some(running), Some(c))
+                    }
+                    Err(e @ (ManageError::PluginMissing { .. } | ManageError::Refused { .. })) => {
+                        // Refused: no shovel exists, nothing moved.
+                        let mut failed = starting;
+                        failed.phase = redrive::FAILED.into();
+                        failed.finished_at = Some(now_text());
+                        failed.moved = Some(0);
+                        failed.message = Some(format!("not started: {e}"));
+                        let c = CondUpdate::new(
+                            REDRIVE,
+                            false,
+                            e.reason("RedriveRefused"),
+                            format!("redrive {request_id:?} not started: {e}"),
+                        );
+                        (Some(failed), Some(c))
+                    }
+                    Err(e) => {
+                        // Unknown whether the shovel exists: the next tick checks.
+                        let c = CondUpdate::new(
+                            REDRIVE,
+                            false,
+                            e.reason("RedriveUnknown"),
+                            format!(
+                                "redrive {request_id:?}: creating the shovel failed ({e}); checking again"
+                            ),
+                        );
+                        (Some(starting), Some(c))
+                    }
+                }
+            }
+            Step::Check { shovel, .. } => {
+                let Some(rec) = recorded else {
+                    return (None, None);
+                };
+                let seen = match vhost.shovel_state(&shovel).await {
+                    Ok(ShovelState::Absent) => Seen::Absent,
+                    Ok(ShovelState::Running) => Seen::Running,
+                    Ok(ShovelState::Terminated(r)) => Seen::Terminated(r),
+                    Err(e) => {
+                        let c = CondUpdate::new(
+                            REDRIVE,
+                            false,
+                            e.reason("RedriveUnknown"),
+                            format!(
+                                "redrive {:?}: cannot read shovel {shovel:?}: {e}",
+                                rec.request_id
+                            ),
+                        );
+                        return (Some(rec.clone()), Some(c));
+                    }
+                };
+                let depth = poller
+                    .observe(&dlq, Duration::ZERO)
+                    .await
+                    .ok()
+                    .map(|o| o.backlog);
+                let next = redrive::advance(rec, &seen, depth, &now_text());
+                if let Seen::Terminated(_) = seen
+                    && let Err(e) = vhost.delete_shovel(&shovel).await
+                {
+                    tracing::warn!(object = i.key, error = %e, "could not delete a terminated shovel");
+                }
+                if next.phase != rec.phase {
+                    let warning =
+                        next.phase != redrive::SUCCEEDED && next.phase != redrive::RUNNING;
+                    kube.event(
+                        i.sc,
+                        warning,
+                        &format!("Redrive{}", next.phase),
+                        "Redrive",
+                        format!(
+                            "redrive {:?}: {}",
+                            next.request_id,
+                            next.message.clone().unwrap_or_default()
+                        ),
+                    )
+                    .await;
+                }
+                let c = redrive_condition(&next);
+                (Some(next), Some(c))
+            }
+        }
+    }
+
+    async fn prefetch(
+        &self,
+        kube: &KubeIo,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        pf: &ValidPrefetch,
+        prev: Option<&PrefetchStatus>,
+    ) -> (PrefetchStatus, CondUpdate) {
+        let every = i.poll.max(PREFETCH_EVERY);
+        let cached = {
+            let st = lock(&self.state);
+            st.get(i.key).and_then(|s| {
+                s.prefetch_checked
+                    .filter(|t| t.elapsed() < every)
+                    .and(s.prefetch_result.clone())
+            })
+        };
+        if let Some(c) = cached {
+            return c;
+        }
+        let result = self.evaluate_prefetch(kube, vhost, i, pf, prev).await;
+        let mut st = lock(&self.state);
+        let s = st.entry(i.key.to_owned()).or_default();
+        s.prefetch_checked = Some(Instant::now());
+        s.prefetch_result = Some(result.clone());
+        result
+    }
+
+    async fn evaluate_prefetch(
+        &self,
+        kube: &KubeIo,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        pf: &ValidPrefetch,
+        prev: Option<&PrefetchStatus>,
+    ) -> (PrefetchStatus, CondUpdate) {
+        let mut st = PrefetchStatus {
+            applied: prev.and_then(|p| p.applied),
+            last_applied_time: prev.and_then(|p| p.last_applied_time.clone()),
+            ..PrefetchStatus::default()
+        };
+        // Apply: the value in force where nerite delivers it (and a missing container) first.
+        let delivery = match (pf.apply, &pf.deliver_to) {
+            (false, _) => None,
+            (true, None) => {
+                return (
+                    st,
+                    CondUpdate::new(
+                        PREFETCH,
+                        false,
+                        "InvalidSpec",
+                        "prefetch.deliverTo is required for Apply",
+                    ),
+                );
+            }
+            (true, Some(delivery)) => {
+                let delivered = match delivery {
+                    Delivery::Env { container, name } => {
+                        match kube.template_env(i.workload, container, name).await {
+                            Ok(TemplateEnv::Found(v)) => v,
+                            Ok(TemplateEnv::ContainerMissing { containers }) => {
+                                let msg = format!(
+                                    "container {container:?} is not in the pod template of {} {} (containers: {})",
+                                    i.workload.kind,
+                                    i.workload.name,
+                                    if containers.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        containers.join(", ")
+                                    }
+                                );
+                                return (
+                                    st,
+                                    CondUpdate::new(PREFETCH, false, "ContainerNotFound", msg),
+                                );
+                            }
+                            Err(e) => {
+                                return (
+                                    st,
+                                    CondUpdate::new(PREFETCH, false, e.reason(), e.to_string()),
+                                );
+                            }
+                        }
+                    }
+                    Delivery::ConfigMap { name, key } => {
+                        match kube
+                            .config_map_value(&i.sc.namespace().unwrap_or_default(), name, key)
+                            .await
+                        {
+                            Ok(v) => v,
+                            Err(e) => {
+                                return (
+                                    st,
+                                    CondUpdate::new(PREFETCH, false, e.reason(), e.to_string()),
+                                );
+                            }
+                        }
+                    }
+                };
+                Some((delivery, delivered))
+            }
+        };
+        let Some(obs) = i.observation else {
+            st.reason = Some("no reading of the queue this tick".into());
+            return (
+                st,
+                CondUpdate::new(PREFETCH, false, "NoMeasurements", "no reading of the queue"),
+            );
+        };
+        let current = match vhost.consumer_prefetch(&i.target.queue).await {
+            Ok(mut list) if !list.is_empty() => {
+                list.sort_unstable();
+                Some(list[list.len() / 2])
+            }
+            Ok(_) => None,
+            Err(e) => {
+                st.reason = Some(format!("cannot read the consumers: {e}"));
+                return (
+                    st,
+                    CondUpdate::new(
+                        PREFETCH,
+                        false,
+                        e.reason("ConsumersUnreadable"),
+                        format!("cannot read the consumers: {e}"),
+                    ),
+                );
+            }
+        };
+        st.current = current.and_then(|c| i32::try_from(c).ok());
+        let m = Measurements {
+            consumers: obs.consumers.unwrap_or(0),
+            ready: obs.ready.unwrap_or(obs.backlog),
+            unacked: obs.unacked.unwrap_or(0),
+            ack_rate: obs.ack_rate,
+            utilisation: obs.consumer_utilisation,
+            current,
+        };
+        let rec = match prefetch::recommend(&m, u32::from(pf.min), u32::from(pf.max)) {
+            Ok(r) => r,
+            Err(why) => {
+                st.reason = Some(why.clone());
+                return (st, CondUpdate::new(PREFETCH, true, "NoMeasurements", why));
+            }
+        };
+        st.recommended = i32::try_from(rec.value).ok();
+        st.reason = Some(rec.reason.clone());
+        let Some((delivery, delivered)) = delivery else {
+            return (
+                st,
+                CondUpdate::new(
+                    PREFETCH,
+                    true,
+                    "Recommended",
+                    format!("recommended {}: {}", rec.value, rec.reason),
+                ),
+            );
+        };
+        let delivered_num = delivered
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let since_last = st
+            .last_applied_time
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t)).ok());
+        match prefetch::should_apply(
+            rec.value,
+            delivered_num,
+            pf.min_change_percent,
+            since_last,
+            pf.min_interval,
+        ) {
+            Err(hold) => {
+                let msg = format!(
+                    "recommended {}, delivered {}: holding ({hold})",
+                    rec.value,
+                    delivered.as_deref().unwrap_or("nothing")
+                );
+                (st, CondUpdate::new(PREFETCH, true, "Holding", msg))
+            }
+            Ok(()) => {
+                let value = rec.value.to_string();
+                let res = match delivery {
+                    Delivery::Env { container, name } => {
+                        kube.apply_template_env(
+                            i.workload,
+                            &i.workload_ref.api_version,
+                            container,
+                            name,
+                            &value,
+                        )
+                        .await
+                    }
+                    Delivery::ConfigMap { name, key } => {
+                        kube.apply_config_map_value(
+                            &i.sc.namespace().unwrap_or_default(),
+                            name,
+                            key,
+                            &value,
+                        )
+                        .await
+                    }
+                };
+                match res {
+                    Ok(()) => {
+                        st.applied = i32::try_from(rec.value).ok();
+                        st.last_applied_time = Some(now_text());
+                        let where_ = describe(delivery, i);
+                        kube.event(
+                            i.sc,
+                            false,
+                            "PrefetchApplied",
+                            "Prefetch",
+                            format!(
+                                "prefetch {} → {} in {where_}: {}",
+                                delivered.as_deref().unwrap_or("unset"),
+                                rec.value,
+                                rec.reason
+                            ),
+                        )
+                        .await;
+                        (
+                            st,
+                            CondUpdate::new(
+                                PREFETCH,
+                                true,
+                                "Applied",
+                                format!("applied {} to {where_}", rec.value),
+                            ),
+                        )
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => (
+                        st,
+                        CondUpdate::new(
+                            PREFETCH,
+                            false,
+                            "PrefetchConflict",
+                            format!(
+                                "another field manager owns the value in {}; nerite does not override it: {}",
+                                describe(delivery, i),
+                                s.message
+                            ),
+                        ),
+                    ),
+                    Err(e) => (
+                        st,
+                        CondUpdate::new(
+                            PREFETCH,
+                            false,
+                            "KubernetesApiError",
+                            format!("applying the prefetch failed: {e}"),
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn describe(d: &Delivery, i: &Inputs<'_>) -> String {
+    match d {
+        Delivery::Env { container, name } => format!(
+            "env {name} of container {container} in {} {}",
+            i.workload.kind, i.workload.name
+        ),
+        Delivery::ConfigMap { name, key } => format!("key {key} of ConfigMap {name}"),
+    }
+}
+
+fn redrive_condition(r: &RedriveStatus) -> CondUpdate {
+    let msg = format!(
+        "redrive {:?}: {}",
+        r.request_id,
+        r.message.clone().unwrap_or_default()
+    );
+    match r.phase.as_str() {
+        redrive::SUCCEEDED => CondUpdate::new(REDRIVE, true, "Succeeded", msg),
+        redrive::RUNNING => CondUpdate::new(REDRIVE, true, "Running", msg),
+        redrive::STARTING => CondUpdate::new(REDRIVE, true, "Starting", msg),
+        redrive::INTERRUPTED => CondUpdate::new(REDRIVE, false, "RedriveInterrupted", msg),
+        _ => {
+            let reason = if msg.contains("plugin is not enabled") {
+                "ShovelPluginMissing"
+            } else {
+                "RedriveFailed"
+            };
+            CondUpdate::new(REDRIVE, false, reason, msg)
+        }
+    }
+}
+
+/// Declare the exchange, the DLQ and the binding, and put nerite's policy on the source queue.
+/// Errors come back as (condition reason, message).
+async fn set_up_dead_letter(
+    vhost: &Vhost<'_>,
+    source: &str,
+    dl: &ValidDeadLetter,
+) -> Result<DeadLetterStatus, (String, String)> {
+    let fail =
+        |e: ManageError, conflict: &'static str| (e.reason(conflict).to_owned(), e.to_string());
+    let details = match vhost.queue(source).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Err((
+                "QueueNotFound".into(),
+                format!("queue {source:?} does not exist: nothing to dead-letter"),
+            ));
+        }
+        Err(e) => return Err(fail(e, "QueueUnreadable")),
+    };
+    let policies = vhost
+        .policies()
+        .await
+        .map_err(|e| fail(e, "PolicyListFailed"))?;
+    let own = deadletter::policy_name(source);
+    let others: Vec<_> = policies
+        .iter()
+        .filter(|p| p.name != own)
+        .filter(|p| {
+            regex::Regex::new(&p.pattern)
+                .map(|re| re.is_match(source))
+                .unwrap_or(false)
+        })
+        .cloned()
+        .collect();
+    let plan = deadletter::plan(
+        source,
+        &details.queue_type,
+        &dl.exchange,
+        &dl.routing_key,
+        dl.max_deliveries,
+        &others,
+    )
+    .map_err(|e| match e {
+        PlanError::UnsupportedQueueType(t) => (
+            "UnsupportedQueueType".to_string(),
+            format!("queue {source:?} is a {t} queue: RabbitMQ cannot dead-letter from it"),
+        ),
+    })?;
+    // The DLQ gets the source queue's type.
+    vhost
+        .declare_exchange(&dl.exchange)
+        .await
+        .map_err(|e| fail(e, "DeadLetterExchangeConflict"))?;
+    vhost
+        .declare_queue(&dl.queue, &details.queue_type)
+        .await
+        .map_err(|e| fail(e, "DeadLetterQueueConflict"))?;
+    vhost
+        .ensure_binding(&dl.exchange, &dl.queue, &dl.routing_key)
+        .await
+        .map_err(|e| fail(e, "BindingFailed"))?;
+    let existing = policies.iter().find(|p| p.name == own);
+    if existing.is_none_or(|p| !deadletter::same_policy(p, &plan.policy)) {
+        vhost
+            .put_policy(&plan.policy)
+            .await
+            .map_err(|e| fail(e, "PolicyRejected"))?;
+    }
+    let mut notes = plan.notes.clone();
+    if let Some(in_force) = details
+        .policy
+        .as_ref()
+        .filter(|p| **p != own && existing.is_some())
+    {
+        notes.push(format!(
+            "policy {in_force:?} was in force at the last check"
+        ));
+    }
+    Ok(DeadLetterStatus {
+        queue: dl.queue.clone(),
+        exchange: dl.exchange.clone(),
+        routing_key: dl.routing_key.clone(),
+        queue_type: Some(details.queue_type),
+        policy: Some(own),
+        policy_definition: serde_json::to_string(&plan.policy.definition).ok(),
+        depth: None,
+        message: (!notes.is_empty()).then(|| notes.join("; ")),
+    })
+}
