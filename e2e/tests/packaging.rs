@@ -402,6 +402,14 @@ fn triples(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)>
 
 /// Exactly what nerite may do where it manages ScaledConsumers (default values).
 fn allowed_rules(prefetch_apply: bool) -> BTreeSet<(String, String, String)> {
+    allowed_rules_with(prefetch_apply, false)
+}
+
+/// The same, with the ConfigMap grant for prefetch delivered to a ConfigMap key.
+fn allowed_rules_with(
+    prefetch_apply: bool,
+    config_map: bool,
+) -> BTreeSet<(String, String, String)> {
     let mut t = triples(&[
         ("nerite.dev", "scaledconsumers", &["get", "list", "watch"]),
         ("nerite.dev", "scaledconsumers/status", &["patch"]),
@@ -414,9 +422,12 @@ fn allowed_rules(prefetch_apply: bool) -> BTreeSet<(String, String, String)> {
     ]);
     if prefetch_apply {
         t.extend(triples(&[
-            ("apps", "deployments", &["patch"]),
-            ("apps", "statefulsets", &["patch"]),
+            ("apps", "deployments", &["get", "patch"]),
+            ("apps", "statefulsets", &["get", "patch"]),
         ]));
+    }
+    if config_map {
+        t.extend(triples(&[("", "configmaps", &["get", "create", "patch"])]));
     }
     t
 }
@@ -526,6 +537,11 @@ fn rbac_least_privilege() -> Result<(), Failed> {
     )?;
     let docs = render(&json!({"rbac": {"prefetchApply": true}}))?;
     check_rbac(&docs, "prefetch Apply", &[], true, "nerite-system")?;
+    // Prefetch delivered to a ConfigMap key: ConfigMaps, and nothing else beyond the defaults.
+    let docs = render(&json!({"rbac": {"prefetchConfigMap": true}}))?;
+    let cr = of_kind(&docs, "ClusterRole");
+    let got = grants(&cr.first().ok_or("no ClusterRole")?["rules"])?;
+    diff("prefetch ConfigMap", &got, &allowed_rules_with(false, true))?;
     // Scale targets the user lists: /scale on exactly those.
     let docs = render(&json!({"rbac": {"scaleTargets": [
         {"apiGroup": "apps", "resources": ["deployments"]},

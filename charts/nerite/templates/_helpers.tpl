@@ -66,7 +66,12 @@ The rules nerite needs where it manages ScaledConsumers: the same for the Cluste
 {{- range .Values.rbac.scaleTargets }}
 - apiGroups: [{{ .apiGroup | quote }}]
   resources: {{ toJson .resources }}
-  verbs: ["patch"]
+  verbs: ["get", "patch"]
 {{- end }}
+{{- end }}
+{{- if .Values.rbac.prefetchConfigMap }}
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
 {{- end -}}
