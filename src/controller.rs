@@ -25,9 +25,11 @@ use crate::error::{Error, Result};
 use crate::kubeio::{KubeIo, TargetScale};
 use crate::policy::{self, Decision, History, Input, Limit};
 use crate::source::rabbitmq::{ManagementApi, RabbitMqTarget};
+use crate::source::sqs::deadletter::{self, SqsTickOutcome};
+use crate::source::sqs::{SqsApi, SqsTarget};
 use crate::source::{Observation, Source};
 use crate::status::{self, CondUpdate, READY, SCALING_LIMITED, SOURCE_REACHABLE};
-use crate::validate::{self, ValidSource, ValidSpec};
+use crate::validate::{self, ValidSource, ValidSpec, ValidSqs};
 
 /// Operator settings (from the command line).
 #[derive(Clone, Debug)]
@@ -69,8 +71,9 @@ struct ObjectState {
 
 /// Shared by every reconcile.
 pub struct Context {
-    kube: KubeIo,
+    kube: Arc<KubeIo>,
     rabbitmq: ManagementApi,
+    sqs: SqsApi,
     config: OperatorConfig,
     state: Mutex<HashMap<String, ObjectState>>,
     /// The controller's cache of ScaledConsumers, to forget deleted ones.
@@ -104,8 +107,9 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(config.concurrency));
     let store = controller.store();
     let ctx = Arc::new(Context {
-        kube: KubeIo::new(client.clone(), config.instance.clone()),
+        kube: Arc::new(KubeIo::new(client.clone(), config.instance.clone())),
         rabbitmq: ManagementApi::new(config.source_timeout),
+        sqs: SqsApi::new(config.source_timeout),
         state: Mutex::default(),
         config: config.clone(),
         store: store.clone(),
@@ -311,6 +315,12 @@ async fn tick(
     let source_error = observed.as_ref().err();
     report_source_error(sc, ctx, key, source_error).await;
 
+    // SQS: the dead-letter policy and redrives (logic in source::sqs).
+    let sqs = match &valid.source {
+        ValidSource::Sqs(q) => Some(sqs_step(sc, key, q, namespace, observed.is_ok(), ctx).await),
+        _ => None,
+    };
+
     let status = build_status(
         sc,
         valid,
@@ -322,6 +332,7 @@ async fn tick(
             scaled,
             failures,
             throughput,
+            sqs,
         },
     );
     ctx.kube.apply_status(sc, &status).await?;
@@ -373,7 +384,51 @@ async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Result<Ob
             }
             Ok(res?)
         }
+        ValidSource::Sqs(q) => {
+            let target = sqs_target(q, namespace, ctx).await?;
+            let res = ctx.sqs.observe(&target).await;
+            if let (Err(e), Some(c)) = (&res, &q.credentials)
+                && e.reason() == "Unauthorized"
+            {
+                ctx.kube.forget_secret(namespace, &c.name);
+            }
+            Ok(res?)
+        }
     }
+}
+
+/// The SQS queue with its credentials (a Secret, or the default AWS chain).
+async fn sqs_target(q: &ValidSqs, namespace: &str, ctx: &Context) -> Result<SqsTarget> {
+    let credentials = match &q.credentials {
+        Some(keys) => Some(ctx.kube.credentials(namespace, keys).await?),
+        None => None,
+    };
+    Ok(SqsTarget {
+        queue_url: q.queue_url.clone(),
+        region: q.region.clone(),
+        endpoint: q.endpoint.clone(),
+        credentials,
+        include_in_flight: q.include_in_flight,
+        include_delayed: q.include_delayed,
+    })
+}
+
+/// After the depth read: the dead-letter policy and any redrive. Never fails the tick.
+async fn sqs_step(
+    sc: &ScaledConsumer,
+    key: &str,
+    q: &ValidSqs,
+    namespace: &str,
+    read_ok: bool,
+    ctx: &Context,
+) -> SqsTickOutcome {
+    let target = match sqs_target(q, namespace, ctx).await {
+        Ok(t) if read_ok => Some(t),
+        _ => None,
+    };
+    ctx.sqs
+        .after_observe(sc, key, q, target.as_ref(), &ctx.kube)
+        .await
 }
 
 /// Emit a Warning Event for each new source error, and a Normal one on recovery.
@@ -449,6 +504,7 @@ async fn report_blocked(sc: &ScaledConsumer, ctx: &Context, key: &str, err: &Err
         ),
         source: Some(sc.spec.source.describe()),
         reason: Some(format!("not scaling: {err}")),
+        sqs: prev.sqs.clone().map(deadletter::status_for_apply),
         ..prev
     };
     ctx.kube.apply_status(sc, &status).await
@@ -482,6 +538,7 @@ struct StatusInputs<'a> {
     scaled: bool,
     failures: u32,
     throughput: Option<f64>,
+    sqs: Option<SqsTickOutcome>,
 }
 
 fn build_status(
@@ -526,6 +583,8 @@ fn build_status(
             ));
         }
     }
+    let sqs = i.sqs.unwrap_or_default();
+    updates.extend(sqs.conditions);
     updates.push(match d.limit {
         Some(limit) => {
             CondUpdate::new(SCALING_LIMITED, true, limit_reason(limit), d.reason.clone())
@@ -559,6 +618,7 @@ fn build_status(
         reason: Some(d.reason.clone()),
         consecutive_failures: Some(i32::try_from(i.failures).unwrap_or(i32::MAX)),
         per_replica_throughput: i.throughput.map(|v| (v * 100.0).round() / 100.0),
+        sqs: sqs.status,
     }
 }
 
