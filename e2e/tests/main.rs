@@ -6,6 +6,7 @@
 
 mod operator;
 mod rabbitmq_source;
+mod sqs;
 mod support;
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
     trials.extend(operator::trials(&env));
+    trials.extend(sqs::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

@@ -959,18 +959,15 @@ fn client_fault<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool 
 }
 
 /// A short description of an SDK error (code and message; never a credential).
-fn describe<E: ProvideErrorMetadata, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+fn describe<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> String {
     match e {
         SdkError::ServiceError(ctx) => {
             let err = ctx.err();
+            let status = ctx.raw().status().as_u16();
             match (err.code(), err.message()) {
                 (Some(c), Some(m)) => format!("{c}: {}", m.chars().take(200).collect::<String>()),
                 (Some(c), None) => c.to_string(),
-                (None, Some(m)) => m.chars().take(200).collect(),
-                (None, None) => format!("{:?}", ctx.raw())
-                    .chars()
-                    .take(120)
-                    .collect::<String>(),
+                _ => format!("HTTP {status} without an SQS error"),
             }
         }
         SdkError::TimeoutError(_) => "timed out".into(),
