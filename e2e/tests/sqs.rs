@@ -157,6 +157,23 @@ async fn has_event(
         .map(|e| e.note.unwrap_or_default()))
 }
 
+/// The status and events of an object, for failure messages.
+async fn dump(cluster: &Cluster, ns: &str, name: &str) -> String {
+    let status = cluster
+        .status(ns, name)
+        .await
+        .map(|s| serde_json::to_string(&s).unwrap_or_default())
+        .unwrap_or_else(|e| e);
+    let events: Vec<String> = cluster
+        .events_for(ns, name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect();
+    format!("\n  status: {status}\n  events: {events:#?}")
+}
+
 async fn completed(
     cluster: &Cluster,
     ns: &str,
@@ -164,7 +181,7 @@ async fn completed(
     request: &str,
     timeout: Duration,
 ) -> Result<SqsRedriveStatus, String> {
-    eventually(
+    let done = eventually(
         &format!("redrive {request} of {name} to complete"),
         timeout,
         || async {
@@ -172,7 +189,11 @@ async fn completed(
             Ok(r.filter(|r| r.request_id == request && r.state != "Running"))
         },
     )
-    .await
+    .await;
+    match done {
+        Ok(r) => Ok(r),
+        Err(e) => Err(format!("{e}{}", dump(cluster, ns, name).await)),
+    }
 }
 
 fn bodies(prefix: &str, n: usize) -> Vec<String> {
@@ -262,13 +283,16 @@ async fn policy(moto: Arc<Moto>) -> Result<(), String> {
                 .and_then(|p| RedrivePolicy::parse(p)),
         )
     };
-    eventually("the redrive policy on the source", Duration::from_secs(30), || async {
+    let policy_ok = eventually("the redrive policy on the source", Duration::from_secs(30), || async {
         let s = status(&cluster, ns, "orders").await?;
         let ready = condition(&s, "DeadLetterReady").is_some_and(|c| c.status == "True");
         let p = policy_of(sqs.clone(), src.clone()).await?;
         Ok((ready && p.as_ref() == Some(&wanted)).then_some(()))
     })
-    .await?;
+    .await;
+    if let Err(e) = policy_ok {
+        return Err(format!("{e}{}", dump(&cluster, ns, "orders").await));
+    }
     let dl = status(&cluster, ns, "orders")
         .await?
         .sqs

@@ -412,17 +412,7 @@ impl SqsApi {
                 other => return Err(other.into()),
             },
         };
-        let out = send!(
-            conn,
-            conn.client
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(QueueAttributeName::QueueArn)
-                .attribute_names(QueueAttributeName::FifoQueue)
-                .attribute_names(QueueAttributeName::RedriveAllowPolicy)
-        )
-        .map_err(|e| Problem::from(conn.error(e, &name)))?;
-        let attrs = out.attributes().cloned().unwrap_or_default();
+        let attrs = dlq_attributes(conn, &url, &name).await?;
         let arn = attrs
             .get(&QueueAttributeName::QueueArn)
             .cloned()
@@ -481,6 +471,41 @@ impl SqsApi {
     }
 }
 
+/// ARN, type and allow policy of a DLQ. Endpoints that do not know `RedriveAllowPolicy`
+/// (they refuse the attribute name) are asked again without it.
+async fn dlq_attributes(
+    conn: &Conn,
+    url: &str,
+    name: &str,
+) -> Result<HashMap<QueueAttributeName, String>, Problem> {
+    let mut with_allow = true;
+    loop {
+        let mut req = conn
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .attribute_names(QueueAttributeName::FifoQueue);
+        if with_allow {
+            req = req.attribute_names(QueueAttributeName::RedriveAllowPolicy);
+        }
+        match send!(conn, req) {
+            Ok(out) => return Ok(out.attributes().cloned().unwrap_or_default()),
+            Err(e) => {
+                let unknown_attribute = e
+                    .as_service_error()
+                    .and_then(|se| aws_sdk_sqs::error::ProvideErrorMetadata::code(se))
+                    == Some("InvalidAttributeName");
+                if with_allow && unknown_attribute {
+                    with_allow = false;
+                    continue;
+                }
+                return Err(conn.error(e, name).into());
+            }
+        }
+    }
+}
+
 /// Remove the policy nerite set (the spec no longer has `deadLetter`).
 async fn remove(
     conn: &Conn,
@@ -505,22 +530,13 @@ async fn remove(
         return Ok(());
     };
     let dlq_name = managed.queue_arn.rsplit(':').next().unwrap_or_default();
-    let current = match send!(
-        conn,
-        conn.client
-            .get_queue_attributes()
-            .queue_url(&managed.queue_url)
-            .attribute_names(QueueAttributeName::RedriveAllowPolicy)
-    ) {
-        Ok(out) => out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::RedriveAllowPolicy))
+    let current = match dlq_attributes(conn, &managed.queue_url, dlq_name).await {
+        Ok(attrs) => attrs
+            .get(&QueueAttributeName::RedriveAllowPolicy)
             .and_then(|p| AllowPolicy::parse(p)),
         // The DLQ is gone: nothing left to undo there.
-        Err(e) => match conn.error(e, dlq_name) {
-            SourceError::SqsQueueNotFound { .. } => return Ok(()),
-            other => return Err(other.into()),
-        },
+        Err(p) if p.reason == "QueueNotFound" => return Ok(()),
+        Err(p) => return Err(p),
     };
     if let Some(next) = AllowPolicy::without_source(current.as_ref(), source_arn) {
         set_attribute(
