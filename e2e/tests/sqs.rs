@@ -700,7 +700,15 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         let r = redrive_status(&cluster, ns, "kill").await?;
         Ok(r.filter(|r| r.moved >= 200))
     })
-    .await?;
+    .await;
+    let at_kill = match at_kill {
+        Ok(r) => r,
+        Err(e) => {
+            let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            return Err(format!("{e}{}\n  operator log (last lines, newest first): {tail:#?}", dump(&cluster, ns, "kill").await));
+        }
+    };
     first.kill();
     let dlq_at_kill = sqs.depth(&dlq).await?;
     println!(
@@ -839,7 +847,11 @@ async fn bad_inputs(
                     .cloned())
             },
         )
-        .await?;
+        .await;
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => return Err(format!("{e}{}", dump(&cluster, ns, name).await)),
+        };
         if c.message.contains("not-a-secret-key") || c.message.contains(&secret) {
             return Err(format!("{name}: the message leaks a secret: {}", c.message));
         }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials as AwsCredentials, Region};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -343,18 +344,17 @@ impl Conn {
     }
 
     /// Classify an SDK error. Messages name the endpoint and queue, never a credential.
-    pub fn error<E, R>(&self, err: SdkError<E, R>, queue: &str) -> SourceError
+    pub fn error<E>(&self, err: SdkError<E, HttpResponse>, queue: &str) -> SourceError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         classify(err, &self.endpoint, &self.region, queue, self.timeout)
     }
 }
 
 /// What went wrong with an SQS call, as a [`SourceError`].
-pub fn classify<E, R>(
-    err: SdkError<E, R>,
+pub fn classify<E>(
+    err: SdkError<E, HttpResponse>,
     endpoint: &str,
     region: &str,
     queue: &str,
@@ -362,7 +362,6 @@ pub fn classify<E, R>(
 ) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let endpoint = endpoint.to_string();
     match err {
@@ -401,9 +400,38 @@ where
         }
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();
-            let code = e.code().unwrap_or_default().to_string();
-            let message = e.message().unwrap_or_default().to_string();
-            service_error(&code, &message, endpoint, region, queue)
+            let raw = ctx.raw();
+            let body = raw
+                .body()
+                .bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            // Some endpoints answer authorization failures in the query protocol's XML.
+            let code = e
+                .code()
+                .map(str::to_string)
+                .or_else(|| xml_field(&body, "Code"))
+                .unwrap_or_default();
+            let message = e
+                .message()
+                .map(str::to_string)
+                .or_else(|| xml_field(&body, "Message"))
+                .unwrap_or_default();
+            match (code.as_str(), raw.status().as_u16()) {
+                ("", 401) => SourceError::AwsCredentials {
+                    endpoint,
+                    detail: "HTTP 401: check the access key".into(),
+                },
+                ("", 403) => SourceError::Forbidden {
+                    endpoint,
+                    detail: format!("HTTP 403 on queue {queue:?}"),
+                },
+                ("", status) => SourceError::Protocol {
+                    endpoint,
+                    detail: format!("HTTP {status} without an SQS error code"),
+                },
+                _ => service_error(&code, &message, endpoint, region, queue),
+            }
         }
         other => {
             let chain = error_chain(&other);
@@ -470,6 +498,15 @@ pub fn service_error(
     }
 }
 
+/// `<Name>value</Name>` in an XML error body.
+fn xml_field(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let len = body[start..].find(&format!("</{name}>"))?;
+    let v = body[start..start + len].trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -513,6 +550,16 @@ mod tests {
         assert!(other.to_string().contains("Boom: it broke"), "{other}");
         let missing = service_error("QueueDoesNotExist", "", e(), "eu-west-1", "orders");
         assert!(missing.to_string().contains("region eu-west-1"), "{missing}");
+    }
+
+    #[test]
+    fn xml_errors() {
+        let body = "<ErrorResponse><Error><Code>AccessDenied</Code><Message>User: x is not \
+                    authorized</Message></Error></ErrorResponse>";
+        assert_eq!(xml_field(body, "Code").as_deref(), Some("AccessDenied"));
+        assert!(xml_field(body, "Message").is_some_and(|m| m.contains("not authorized")));
+        assert_eq!(xml_field("<Code></Code>", "Code"), None);
+        assert_eq!(xml_field("{}", "Code"), None);
     }
 
     #[test]

@@ -685,10 +685,9 @@ impl Run {
         }
     }
 
-    fn sqs_error<E, R>(&self, e: SdkError<E, R>, queue: &str) -> Stop
+    fn sqs_error<E>(&self, e: SdkError<E, HttpResponse>, queue: &str) -> Stop
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         let e = self.conn.error(e, queue);
         match e {
