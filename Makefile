@@ -3,7 +3,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/nerite/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: build test unit e2e lint crds deps demo clean
+.PHONY: build test unit e2e lint crds deps demo clean bench
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -23,6 +23,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## Benchmarks: each prints a table against its baseline, measured in the same run.
+bench: deps
+	$(CARGO) bench --profile dev --bench sqs
+
 ## Regenerate the CRD from the Rust types.
 crds:
 	$(CARGO) run -q --bin nerite -- crd > crds/scaledconsumers.nerite.dev.yaml
@@ -32,6 +36,7 @@ crds:
 deps:
 	bash e2e/rabbitmq.sh install
 	bash e2e/venv.sh >/dev/null
+	bash e2e/moto.sh install
 
 ## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
 ## scaling live.

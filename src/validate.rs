@@ -511,7 +511,11 @@ fn check_sqs(q: &SqsSource, p: &mut Problems) {
         p.add(format!("{F}.endpoint {problem}"));
     }
     if let Some(c) = &q.credentials_secret_ref {
-        p.non_empty(&format!("{F}.credentialsSecretRef.name"), &c.name, Some(253));
+        p.non_empty(
+            &format!("{F}.credentialsSecretRef.name"),
+            &c.name,
+            Some(253),
+        );
         p.non_empty(
             &format!("{F}.credentialsSecretRef.accessKeyIdKey"),
             &c.access_key_id_key,

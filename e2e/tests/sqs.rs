@@ -129,18 +129,19 @@ async fn redrive_status(
     ns: &str,
     name: &str,
 ) -> Result<Option<SqsRedriveStatus>, String> {
-    Ok(status(cluster, ns, name)
-        .await?
-        .sqs
-        .and_then(|s| s.redrive))
+    Ok(status(cluster, ns, name).await?.sqs.and_then(|s| s.redrive))
 }
 
 async fn patch_spec(cluster: &Cluster, ns: &str, name: &str, spec: Value) -> Result<(), String> {
     let api: Api<ScaledConsumer> = Api::namespaced(cluster.client.clone(), ns);
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&json!({ "spec": spec })))
-        .await
-        .map(drop)
-        .map_err(|e| format!("patch {name}: {e}"))
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": spec })),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| format!("patch {name}: {e}"))
 }
 
 async fn has_event(
@@ -169,7 +170,13 @@ async fn dump(cluster: &Cluster, ns: &str, name: &str) -> String {
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
         .collect();
     format!("\n  status: {status}\n  events: {events:#?}")
 }
@@ -214,10 +221,13 @@ async fn depth(moto: Arc<Moto>) -> Result<(), String> {
     if sqs.receive(&url, 4, 600).await? != 4 {
         return Err("could not put 4 messages in flight".into());
     }
-    sqs.send(&url, &bodies("d", 3), None, None, Some(600)).await?;
+    sqs.send(&url, &bodies("d", 3), None, None, Some(600))
+        .await?;
     let want = sqs.depth(&url).await?;
     if want != (10, 4, 3) {
-        return Err(format!("queue set-up: expected (10, 4, 3), SQS says {want:?}"));
+        return Err(format!(
+            "queue set-up: expected (10, 4, 3), SQS says {want:?}"
+        ));
     }
     let mut delayed = source(&moto, "depth-q");
     delayed["includeDelayed"] = json!(true);
@@ -283,12 +293,16 @@ async fn policy(moto: Arc<Moto>) -> Result<(), String> {
                 .and_then(|p| RedrivePolicy::parse(p)),
         )
     };
-    let policy_ok = eventually("the redrive policy on the source", Duration::from_secs(30), || async {
-        let s = status(&cluster, ns, "orders").await?;
-        let ready = condition(&s, "DeadLetterReady").is_some_and(|c| c.status == "True");
-        let p = policy_of(sqs.clone(), src.clone()).await?;
-        Ok((ready && p.as_ref() == Some(&wanted)).then_some(()))
-    })
+    let policy_ok = eventually(
+        "the redrive policy on the source",
+        Duration::from_secs(30),
+        || async {
+            let s = status(&cluster, ns, "orders").await?;
+            let ready = condition(&s, "DeadLetterReady").is_some_and(|c| c.status == "True");
+            let p = policy_of(sqs.clone(), src.clone()).await?;
+            Ok((ready && p.as_ref() == Some(&wanted)).then_some(()))
+        },
+    )
     .await;
     if let Err(e) = policy_ok {
         return Err(format!("{e}{}", dump(&cluster, ns, "orders").await));
@@ -330,7 +344,8 @@ async fn policy(moto: Arc<Moto>) -> Result<(), String> {
     println!("  drift repaired: {note}");
 
     // Messages received more than maxReceiveCount times reach the DLQ.
-    sqs.send(&src, &bodies("poison", 3), None, None, None).await?;
+    sqs.send(&src, &bodies("poison", 3), None, None, None)
+        .await?;
     let dlq = queue_url(REGION, "orders-dlq");
     eventually("3 messages in the DLQ", Duration::from_secs(30), || async {
         sqs.receive(&src, 10, 0).await?;
@@ -349,12 +364,16 @@ async fn policy(moto: Arc<Moto>) -> Result<(), String> {
         .scaled_consumer(ns, "fifo", spec("fifo", f, 100))
         .await
         .map_err(|e| e.to_string())?;
-    let c = eventually("DeadLetterTypeMismatch", Duration::from_secs(30), || async {
-        let s = status(&cluster, ns, "fifo").await?;
-        Ok(condition(&s, "DeadLetterReady")
-            .filter(|c| c.status == "False" && c.reason == "DeadLetterTypeMismatch")
-            .cloned())
-    })
+    let c = eventually(
+        "DeadLetterTypeMismatch",
+        Duration::from_secs(30),
+        || async {
+            let s = status(&cluster, ns, "fifo").await?;
+            Ok(condition(&s, "DeadLetterReady")
+                .filter(|c| c.status == "False" && c.reason == "DeadLetterTypeMismatch")
+                .cloned())
+        },
+    )
     .await?;
     println!("  FIFO/standard: {}", c.message);
     has_event(&cluster, ns, "fifo", "DeadLetterTypeMismatch")
@@ -473,12 +492,16 @@ async fn client_redrive(moto: Arc<Moto>) -> Result<(), String> {
             .metadata
             .generation
     };
-    let seen = eventually("the new generation observed", Duration::from_secs(20), || async {
-        let s = status(&cluster, ns, "jobs").await?;
-        Ok((s.observed_generation == generation)
-            .then(|| s.last_observation.map(|o| o.observed_at))
-            .flatten())
-    })
+    let seen = eventually(
+        "the new generation observed",
+        Duration::from_secs(20),
+        || async {
+            let s = status(&cluster, ns, "jobs").await?;
+            Ok((s.observed_generation == generation)
+                .then(|| s.last_observation.map(|o| o.observed_at))
+                .flatten())
+        },
+    )
     .await?;
     // Two more ticks after that.
     let ticks = std::sync::Mutex::new((seen, 0));
@@ -530,7 +553,9 @@ async fn fifo_redrive(moto: Arc<Moto>) -> Result<(), String> {
     let dlq = sqs
         .create_queue("fifo-jobs-dlq.fifo", &[("FifoQueue", "true")])
         .await?;
-    let sent: Vec<String> = (0..60).map(|i| format!("g{}-{:03}", i % 2, i / 2)).collect();
+    let sent: Vec<String> = (0..60)
+        .map(|i| format!("g{}-{:03}", i % 2, i / 2))
+        .collect();
     let group = |i: usize| format!("g{}", i % 2);
     sqs.send(&dlq, &sent, None, Some(&group), None).await?;
     cluster
@@ -563,7 +588,11 @@ async fn fifo_redrive(moto: Arc<Moto>) -> Result<(), String> {
         per_group.entry(g).or_default().push(m.body.clone());
     }
     for (g, msgs) in &per_group {
-        let want: Vec<String> = sent.iter().filter(|b| b.starts_with(g.as_str())).cloned().collect();
+        let want: Vec<String> = sent
+            .iter()
+            .filter(|b| b.starts_with(g.as_str()))
+            .cloned()
+            .collect();
         if msgs != &want {
             return Err(format!("group {g} out of order or incomplete: {msgs:?}"));
         }
@@ -585,7 +614,9 @@ async fn partial_failure(moto: Arc<Moto>) -> Result<(), String> {
         .create_queue("small", &[("MaximumMessageSize", "1024")])
         .await?;
     let dlq = sqs.create_queue("small-dlq", &[]).await?;
-    let large: Vec<String> = (0..5).map(|i| format!("L-{i}-{}", "x".repeat(2000))).collect();
+    let large: Vec<String> = (0..5)
+        .map(|i| format!("L-{i}-{}", "x".repeat(2000)))
+        .collect();
     let mut all = Vec::new();
     for i in 0..35 {
         if i % 7 == 3 {
@@ -612,23 +643,35 @@ async fn partial_failure(moto: Arc<Moto>) -> Result<(), String> {
     if (r.moved, r.failed, r.failed_message_ids.len()) != (30, 5, 5) {
         return Err(format!("unexpected outcome: {r:?}"));
     }
-    eventually("the refused messages visible in the DLQ", Duration::from_secs(30), || async {
-        Ok((sqs.depth(&dlq).await? == (5, 0, 0)).then_some(()))
-    })
+    eventually(
+        "the refused messages visible in the DLQ",
+        Duration::from_secs(30),
+        || async { Ok((sqs.depth(&dlq).await? == (5, 0, 0)).then_some(())) },
+    )
     .await?;
     let left: BTreeSet<String> = sqs.drain(&dlq).await?.into_iter().map(|m| m.body).collect();
     let want: BTreeSet<String> = large.iter().cloned().collect();
     if left != want {
-        return Err(format!("DLQ holds {} messages, not the 5 large ones", left.len()));
+        return Err(format!(
+            "DLQ holds {} messages, not the 5 large ones",
+            left.len()
+        ));
     }
     let moved: BTreeSet<String> = sqs.drain(&src).await?.into_iter().map(|m| m.body).collect();
     let small: BTreeSet<String> = all.iter().filter(|b| b.len() < 100).cloned().collect();
     if moved != small {
-        return Err(format!("source holds {} messages, not the 30 small ones", moved.len()));
+        return Err(format!(
+            "source holds {} messages, not the 30 small ones",
+            moved.len()
+        ));
     }
     println!(
         "  30 moved, 5 refused by the source stay in the DLQ ({})",
-        r.message.unwrap_or_default().chars().take(120).collect::<String>()
+        r.message
+            .unwrap_or_default()
+            .chars()
+            .take(120)
+            .collect::<String>()
     );
     Ok(())
 }
@@ -637,11 +680,22 @@ async fn partial_failure(moto: Arc<Moto>) -> Result<(), String> {
 struct OperatorProcess(Child);
 
 impl OperatorProcess {
-    fn start(kubeconfig: &std::path::Path, ns: &str, log: &std::path::Path) -> Result<Self, String> {
+    fn start(
+        kubeconfig: &std::path::Path,
+        ns: &str,
+        log: &std::path::Path,
+    ) -> Result<Self, String> {
         let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         Command::new(env!("CARGO_BIN_EXE_nerite"))
-            .args(["run", "--namespace", ns, "--source-timeout", "2", "--kubeconfig"])
+            .args([
+                "run",
+                "--namespace",
+                ns,
+                "--source-timeout",
+                "2",
+                "--kubeconfig",
+            ])
             .arg(kubeconfig)
             .stdin(Stdio::null())
             .stdout(log)
@@ -670,7 +724,7 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
     let sqs = moto.sqs();
     let src = sqs.create_queue("kill-src", &[]).await?;
     let dlq = sqs.create_queue("kill-dlq", &[]).await?;
-    let sent = bodies("k", 1000);
+    let sent = bodies("k", 300);
     sqs.send(&dlq, &sent, None, None, None).await?;
     cluster
         .scaled_consumer(
@@ -683,7 +737,7 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
                     "kill-src",
                     "kill-dlq",
                     "k1",
-                    json!({"mode": "Client", "maxMessagesPerSecond": 100}),
+                    json!({"mode": "Client", "maxMessagesPerSecond": 50}),
                 ),
                 100,
             ),
@@ -692,13 +746,16 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().ok_or("no kubeconfig")?)
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &kubeconfig,
+        cluster.kubeconfig_yaml().ok_or("no kubeconfig")?,
+    )
+    .map_err(|e| e.to_string())?;
 
     let mut first = OperatorProcess::start(&kubeconfig, ns, &dir.path().join("first.log"))?;
-    let at_kill = eventually("200 moved", Duration::from_secs(90), || async {
+    let at_kill = eventually("100 moved", Duration::from_secs(90), || async {
         let r = redrive_status(&cluster, ns, "kill").await?;
-        Ok(r.filter(|r| r.moved >= 200))
+        Ok(r.filter(|r| r.moved >= 100))
     })
     .await;
     let at_kill = match at_kill {
@@ -706,7 +763,10 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         Err(e) => {
             let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            return Err(format!("{e}{}\n  operator log (last lines, newest first): {tail:#?}", dump(&cluster, ns, "kill").await));
+            return Err(format!(
+                "{e}{}\n  operator log (last lines, newest first): {tail:#?}",
+                dump(&cluster, ns, "kill").await
+            ));
         }
     };
     first.kill();
@@ -808,8 +868,14 @@ async fn bad_inputs(
         .await?;
     let sqs = moto.sqs();
     sqs.create_queue("bad-inputs", &[]).await?;
-    sqs.send(&queue_url(REGION, "bad-inputs"), &bodies("b", 5), None, None, None)
-        .await?;
+    sqs.send(
+        &queue_url(REGION, "bad-inputs"),
+        &bodies("b", 5),
+        None,
+        None,
+        None,
+    )
+    .await?;
 
     let mut cases: Vec<(&str, Value, &str, &str)> = Vec::new();
     let mut wrong_region = source(&moto, "bad-inputs");
@@ -833,7 +899,9 @@ async fn bad_inputs(
 
     for (name, s, _, _) in &cases {
         cluster.deployment(ns, name, 2).await?;
-        cluster.raw_scaled_consumer(ns, name, spec(name, s.clone(), 1)).await?;
+        cluster
+            .raw_scaled_consumer(ns, name, spec(name, s.clone(), 1))
+            .await?;
     }
     let _op = cluster.start_operator(ns);
     for (name, _, type_, reason) in &cases {
@@ -868,7 +936,10 @@ async fn bad_inputs(
     let strict = Cluster::fake(true).await?;
     let mut arn = source(&moto, "bad-inputs");
     arn["deadLetter"] = json!({"queue": "arn:aws:sqs:us-east-1:12345:dlq", "maxReceiveCount": 3});
-    match strict.raw_scaled_consumer(ns, "arn", spec("arn", arn, 1)).await {
+    match strict
+        .raw_scaled_consumer(ns, "arn", spec("arn", arn, 1))
+        .await
+    {
         Err(e) if e.contains("deadLetter.queue must be a queue name or an SQS ARN") => {}
         other => return Err(format!("malformed ARN admitted by the schema: {other:?}")),
     }

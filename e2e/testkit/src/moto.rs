@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::{
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
 use crate::rabbitmq::free_ports;
@@ -338,7 +338,8 @@ impl Sqs {
                 continue;
             }
             empty = 0;
-            for m in out.messages() {
+            let mut deletes = Vec::new();
+            for (i, m) in out.messages().iter().enumerate() {
                 all.push(Received {
                     body: m.body().unwrap_or_default().to_string(),
                     attributes: m
@@ -357,14 +358,25 @@ impl Sqs {
                         .cloned(),
                 });
                 if let Some(r) = m.receipt_handle() {
-                    self.client
-                        .delete_message()
-                        .queue_url(url)
-                        .receipt_handle(r)
-                        .send()
-                        .await
-                        .map_err(|e| err("delete_message", e))?;
+                    deletes.push(
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(format!("d{i}"))
+                            .receipt_handle(r)
+                            .build()
+                            .map_err(|e| err("delete entry", e))?,
+                    );
                 }
+            }
+            let out = self
+                .client
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(deletes))
+                .send()
+                .await
+                .map_err(|e| err("delete_message_batch", e))?;
+            if !out.failed().is_empty() {
+                return Err(format!("delete_message_batch: {:?}", out.failed()));
             }
         }
         Ok(all)

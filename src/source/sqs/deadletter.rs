@@ -140,7 +140,15 @@ impl SqsApi {
         match &spec.dead_letter {
             Some(dl) => {
                 let outcome = self
-                    .ensure(&conn, key, dl, target, &reading, prev.dead_letter.as_ref(), &events)
+                    .ensure(
+                        &conn,
+                        key,
+                        dl,
+                        target,
+                        &reading,
+                        prev.dead_letter.as_ref(),
+                        &events,
+                    )
                     .await;
                 match outcome {
                     Ok((dls, resolved)) => {

@@ -217,7 +217,9 @@ impl Source for SqsApi {
 pub fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
     use aws_smithy_http_client::tls;
     aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https()
 }
 
@@ -485,7 +487,9 @@ pub fn service_error(
         | "MissingAuthenticationToken"
         | "InvalidAccessKeyId" => SourceError::AwsCredentials {
             endpoint,
-            detail: format!("{code}: check the access key in the credentials Secret or the operator's AWS identity"),
+            detail: format!(
+                "{code}: check the access key in the credentials Secret or the operator's AWS identity"
+            ),
         },
         _ => SourceError::Protocol {
             endpoint,
@@ -519,7 +523,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().chars().take(300).collect()
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 #[cfg(test)]
@@ -549,7 +558,10 @@ mod tests {
         assert_eq!(other.reason(), "ProtocolError");
         assert!(other.to_string().contains("Boom: it broke"), "{other}");
         let missing = service_error("QueueDoesNotExist", "", e(), "eu-west-1", "orders");
-        assert!(missing.to_string().contains("region eu-west-1"), "{missing}");
+        assert!(
+            missing.to_string().contains("region eu-west-1"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -564,7 +576,10 @@ mod tests {
 
     #[test]
     fn endpoint_labels() {
-        assert_eq!(endpoint_label("eu-west-1", None), "sqs.eu-west-1.amazonaws.com");
+        assert_eq!(
+            endpoint_label("eu-west-1", None),
+            "sqs.eu-west-1.amazonaws.com"
+        );
         assert_eq!(
             endpoint_label("eu-west-1", Some("http://127.0.0.1:5000/")),
             "http://127.0.0.1:5000"

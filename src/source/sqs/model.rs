@@ -353,7 +353,9 @@ pub enum PolicyPlan {
 /// Compare the policy SQS reports with the one wanted. `managed`: nerite set a policy on
 /// this queue before (status says so).
 pub fn plan_policy(current: Option<&str>, wanted: &RedrivePolicy, managed: bool) -> PolicyPlan {
-    let found = current.filter(|s| !s.trim().is_empty()).and_then(RedrivePolicy::parse);
+    let found = current
+        .filter(|s| !s.trim().is_empty())
+        .and_then(RedrivePolicy::parse);
     match found {
         Some(p) if &p == wanted => PolicyPlan::Keep,
         found if managed => PolicyPlan::Restore { found },
@@ -436,7 +438,10 @@ mod tests {
         let a = QueueArn::parse("arn:aws:sqs:eu-west-1:123456789012:orders-dlq").expect("ok");
         assert_eq!(a.region, "eu-west-1");
         assert_eq!(a.name, "orders-dlq");
-        assert_eq!(a.to_string(), "arn:aws:sqs:eu-west-1:123456789012:orders-dlq");
+        assert_eq!(
+            a.to_string(),
+            "arn:aws:sqs:eu-west-1:123456789012:orders-dlq"
+        );
         for bad in [
             "arn:aws:sqs:eu-west-1:12345:q",
             "arn:aws:sns:eu-west-1:123456789012:q",
@@ -455,14 +460,22 @@ mod tests {
             dead_letter_target_arn: "arn:aws:sqs:eu-west-1:123456789012:dlq".into(),
             max_receive_count: 3,
         };
-        let as_string =
-            r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:dlq","maxReceiveCount":"3"}"#;
+        let as_string = r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:dlq","maxReceiveCount":"3"}"#;
         assert_eq!(RedrivePolicy::parse(as_string), Some(wanted.clone()));
-        assert_eq!(RedrivePolicy::parse(&wanted.to_json()), Some(wanted.clone()));
-        assert_eq!(plan_policy(Some(as_string), &wanted, true), PolicyPlan::Keep);
+        assert_eq!(
+            RedrivePolicy::parse(&wanted.to_json()),
+            Some(wanted.clone())
+        );
+        assert_eq!(
+            plan_policy(Some(as_string), &wanted, true),
+            PolicyPlan::Keep
+        );
         assert_eq!(plan_policy(None, &wanted, false), PolicyPlan::Set);
         assert_eq!(plan_policy(Some(""), &wanted, false), PolicyPlan::Set);
-        assert_eq!(plan_policy(None, &wanted, true), PolicyPlan::Restore { found: None });
+        assert_eq!(
+            plan_policy(None, &wanted, true),
+            PolicyPlan::Restore { found: None }
+        );
         let drifted = RedrivePolicy {
             max_receive_count: 9,
             ..wanted.clone()
@@ -473,8 +486,14 @@ mod tests {
                 found: Some(drifted.clone())
             }
         );
-        assert!(should_remove_policy(Some(&drifted.to_json()), &wanted.dead_letter_target_arn));
-        assert!(!should_remove_policy(Some(&drifted.to_json()), "arn:aws:sqs:eu-west-1:123456789012:x"));
+        assert!(should_remove_policy(
+            Some(&drifted.to_json()),
+            &wanted.dead_letter_target_arn
+        ));
+        assert!(!should_remove_policy(
+            Some(&drifted.to_json()),
+            "arn:aws:sqs:eu-west-1:123456789012:x"
+        ));
         assert!(!should_remove_policy(None, &wanted.dead_letter_target_arn));
     }
 
@@ -501,7 +520,10 @@ mod tests {
             AllowPolicy::without_source(Some(&AllowPolicy::ByQueue(vec![a.into()])), a),
             Some(AllowPolicy::AllowAll)
         );
-        assert_eq!(AllowPolicy::without_source(Some(&AllowPolicy::DenyAll), a), None);
+        assert_eq!(
+            AllowPolicy::without_source(Some(&AllowPolicy::DenyAll), a),
+            None
+        );
     }
 
     #[test]

@@ -43,9 +43,7 @@ use serde_json::{Value, json};
 use super::deadletter::Resolved;
 use super::model;
 use super::{Conn, send};
-use crate::api::{
-    ScaledConsumer, SqsRedrive, SqsRedriveJournal, SqsRedriveMode, SqsRedriveStatus,
-};
+use crate::api::{ScaledConsumer, SqsRedrive, SqsRedriveJournal, SqsRedriveMode, SqsRedriveStatus};
 use crate::kubeio::KubeIo;
 use crate::source::SourceError;
 use crate::status;
@@ -430,7 +428,11 @@ impl Run {
     }
 
     fn source_name(&self) -> String {
-        self.source_url.rsplit('/').next().unwrap_or_default().to_string()
+        self.source_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 
     async fn event(&self, warning: bool, reason: &str, note: String) {
@@ -501,7 +503,10 @@ impl Run {
             if self.cancel.load(Ordering::SeqCst) && !cancel_sent {
                 match send!(
                     self.conn,
-                    self.conn.client.cancel_message_move_task().task_handle(&handle)
+                    self.conn
+                        .client
+                        .cancel_message_move_task()
+                        .task_handle(&handle)
                 ) {
                     Ok(_) => cancel_sent = true,
                     Err(e) => self.progress.message = Some(format!("cancel: {}", describe(&e))),
@@ -592,9 +597,8 @@ impl Run {
                         self.release(&held).await;
                         self.progress.state = "Completed".into();
                         let left = visible + held_n;
-                        self.progress.message = (left > 0).then(|| {
-                            format!("{left} messages left in the dead-letter queue")
-                        });
+                        self.progress.message = (left > 0)
+                            .then(|| format!("{left} messages left in the dead-letter queue"));
                         return Ok(());
                     }
                     if last_progress.elapsed() > patience {
@@ -763,8 +767,11 @@ impl Run {
             );
             match res {
                 Ok(out) => {
-                    let ok: Vec<String> =
-                        out.successful().iter().map(|s| s.id().to_string()).collect();
+                    let ok: Vec<String> = out
+                        .successful()
+                        .iter()
+                        .map(|s| s.id().to_string())
+                        .collect();
                     let failed: Vec<(String, bool, String)> = out
                         .failed()
                         .iter()
@@ -808,7 +815,10 @@ impl Run {
             .set_message_group_id(p.group_id.clone())
             .set_message_deduplication_id(p.dedup_id.clone());
         if let Some(trace) = trace_attribute(m) {
-            req = req.message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, trace);
+            req = req.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                trace,
+            );
         }
         match send!(self.conn, req) {
             Ok(_) => Sent::Ok,
@@ -984,7 +994,13 @@ async fn backoff(failures: u32) {
 pub fn redrive_patch(p: &SqsRedriveStatus) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
     if let Value::Object(map) = &mut v {
-        for key in ["startedAt", "finishedAt", "message", "taskHandle", "journal"] {
+        for key in [
+            "startedAt",
+            "finishedAt",
+            "message",
+            "taskHandle",
+            "journal",
+        ] {
             map.entry(key).or_insert(Value::Null);
         }
         map.entry("failedMessageIds").or_insert(json!([]));
@@ -1033,22 +1049,45 @@ mod tests {
         assert_eq!(step(&r1, Some(("r1", RUNNING)), None), Step::Nothing);
         assert_eq!(step(&r1, Some(("r1", FINISHED)), None), Step::Nothing);
         // Done before a restart: the status says so.
-        assert_eq!(step(&r1, None, Some(&status("r1", "Completed"))), Step::Nothing);
-        assert_eq!(step(&r1, None, Some(&status("r1", "Failed"))), Step::Nothing);
-        // Running before a restart, or interrupted here: resume.
-        assert_eq!(step(&r1, None, Some(&status("r1", "Running"))), Step::Resume);
         assert_eq!(
-            step(&r1, Some(("r1", INTERRUPTED)), Some(&status("r1", "Running"))),
+            step(&r1, None, Some(&status("r1", "Completed"))),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(&r1, None, Some(&status("r1", "Failed"))),
+            Step::Nothing
+        );
+        // Running before a restart, or interrupted here: resume.
+        assert_eq!(
+            step(&r1, None, Some(&status("r1", "Running"))),
+            Step::Resume
+        );
+        assert_eq!(
+            step(
+                &r1,
+                Some(("r1", INTERRUPTED)),
+                Some(&status("r1", "Running"))
+            ),
             Step::Resume
         );
         // A new id after the old one finished.
         assert_eq!(
-            step(&req("r2", false), Some(("r1", FINISHED)), Some(&status("r1", "Completed"))),
+            step(
+                &req("r2", false),
+                Some(("r1", FINISHED)),
+                Some(&status("r1", "Completed"))
+            ),
             Step::Start
         );
         // A new id waits for the running one.
-        assert_eq!(step(&req("r2", false), Some(("r1", RUNNING)), None), Step::Nothing);
-        assert_eq!(step(&req("r1", true), Some(("r1", RUNNING)), None), Step::Cancel);
+        assert_eq!(
+            step(&req("r2", false), Some(("r1", RUNNING)), None),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(&req("r1", true), Some(("r1", RUNNING)), None),
+            Step::Cancel
+        );
     }
 
     #[test]
@@ -1070,7 +1109,11 @@ mod tests {
         let p = plan(&msgs, false, "r");
         let ok = vec!["m0".to_string(), "m3".to_string()];
         let failed = vec![
-            ("m1".to_string(), true, "InvalidParameterValue: too big".to_string()),
+            (
+                "m1".to_string(),
+                true,
+                "InvalidParameterValue: too big".to_string(),
+            ),
             ("m2".to_string(), false, "InternalError".to_string()),
         ];
         let s = settle(&p, &ok, &failed);
