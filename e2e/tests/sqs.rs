@@ -681,13 +681,14 @@ struct OperatorProcess(Child);
 
 impl OperatorProcess {
     fn start(
+        binary: &std::path::Path,
         kubeconfig: &std::path::Path,
         ns: &str,
         log: &std::path::Path,
     ) -> Result<Self, String> {
         let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        Command::new(env!("CARGO_BIN_EXE_nerite"))
+        Command::new(binary)
             .args([
                 "run",
                 "--namespace",
@@ -745,6 +746,18 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // A private copy of the binary: the build directory may be shared with other builds
+    // that replace it while this trial runs.
+    let binary = dir.path().join("nerite");
+    std::fs::copy(env!("CARGO_BIN_EXE_nerite"), &binary)
+        .map_err(|e| format!("copy nerite: {e}"))?;
+    let crd = Command::new(&binary)
+        .arg("crd")
+        .output()
+        .map_err(|e| format!("nerite crd: {e}"))?;
+    if !String::from_utf8_lossy(&crd.stdout).contains("deadLetter") {
+        return Err("the nerite binary in the build directory is not this build (another build replaced it); run again".into());
+    }
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -752,7 +765,8 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let mut first = OperatorProcess::start(&kubeconfig, ns, &dir.path().join("first.log"))?;
+    let mut first =
+        OperatorProcess::start(&binary, &kubeconfig, ns, &dir.path().join("first.log"))?;
     let at_kill = eventually("100 moved", Duration::from_secs(90), || async {
         let r = redrive_status(&cluster, ns, "kill").await?;
         Ok(r.filter(|r| r.moved >= 100))
@@ -776,7 +790,7 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         at_kill.moved,
         (dlq_at_kill.0, dlq_at_kill.1)
     );
-    let _second = OperatorProcess::start(&kubeconfig, ns, &dir.path().join("second.log"))?;
+    let _second = OperatorProcess::start(&binary, &kubeconfig, ns, &dir.path().join("second.log"))?;
     let r = completed(&cluster, ns, "kill", "k1", Duration::from_secs(180)).await?;
     let dlq_depth = sqs.depth(&dlq).await?;
     let got = sqs.drain(&src).await?;

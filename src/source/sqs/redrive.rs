@@ -597,8 +597,15 @@ impl Run {
                         self.release(&held).await;
                         self.progress.state = "Completed".into();
                         let left = visible + held_n;
-                        self.progress.message = (left > 0)
-                            .then(|| format!("{left} messages left in the dead-letter queue"));
+                        let refusal = self.progress.message.take().unwrap_or_default();
+                        self.progress.message = (left > 0).then(|| {
+                            let mut m = format!("{left} messages left in the dead-letter queue");
+                            if !refusal.is_empty() {
+                                m.push_str("; ");
+                                m.push_str(&refusal);
+                            }
+                            m
+                        });
                         return Ok(());
                     }
                     if last_progress.elapsed() > patience {
