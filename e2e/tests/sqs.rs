@@ -785,6 +785,13 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
     };
     first.kill();
     let dlq_at_kill = sqs.depth(&dlq).await?;
+    let at_kill = redrive_status(&cluster, ns, "kill")
+        .await?
+        .unwrap_or(at_kill);
+    println!(
+        "  status at the kill: moved {}, journal {:?}",
+        at_kill.moved, at_kill.journal
+    );
     println!(
         "  killed the operator (SIGKILL) at {} moved; DLQ visible/in flight {:?}",
         at_kill.moved,
@@ -809,7 +816,12 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         missing
     );
     if missing > 0 || unique != want {
-        return Err(format!("{missing} messages lost"));
+        let lost: Vec<&&str> = want.difference(&unique).collect();
+        let dlq_left = sqs.drain(&dlq).await?.len();
+        return Err(format!(
+            "{missing} messages lost: {lost:?}; DLQ at the end {dlq_depth:?} ({dlq_left} drained later); final status {r:?}{}",
+            dump(&cluster, ns, "kill").await
+        ));
     }
     if dlq_depth != (0, 0, 0) {
         return Err(format!("DLQ not empty: {dlq_depth:?}"));

@@ -593,7 +593,11 @@ impl Run {
                 if empty_rounds >= 2 {
                     let (visible, in_flight) = self.dlq_depth().await?;
                     let held_n = i64::try_from(held.len()).unwrap_or(i64::MAX);
-                    if in_flight <= held_n {
+                    // Done when nothing is in flight but what nerite holds, and nothing is
+                    // visible (messages hidden by an interrupted run may just have come back),
+                    // or, on FIFO queues, the visible ones wait behind a held message.
+                    let blocked = self.fifo && held_n > 0;
+                    if in_flight <= held_n && (visible == 0 || blocked) {
                         self.release(&held).await;
                         self.progress.state = "Completed".into();
                         let left = visible + held_n;
@@ -612,9 +616,10 @@ impl Run {
                         self.release(&held).await;
                         self.progress.state = "Completed".into();
                         self.progress.message = Some(format!(
-                            "{} messages stayed in flight in the dead-letter queue (read by \
-                             another consumer?) and were left there",
-                            in_flight - held_n
+                            "{} messages stayed in flight and {visible} visible but not \
+                             receivable in the dead-letter queue (another consumer?) and were \
+                             left there",
+                            (in_flight - held_n).max(0)
                         ));
                         return Ok(());
                     }
