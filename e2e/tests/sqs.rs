@@ -48,10 +48,14 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         env,
         |m| run(partial_failure(m)),
     ));
-    trials.push(with_moto(
-        "operator_kill_mid_redrive_loses_nothing",
-        env,
-        |m| run(kill_mid_redrive(m)),
+    let binary = Arc::new(binary_copy());
+    let e = env.clone();
+    trials.push(Trial::test(
+        "sqs::operator_kill_mid_redrive_loses_nothing",
+        move || {
+            let moto = e.moto()?;
+            run(kill_mid_redrive(moto, binary.clone())).map_err(Failed::from)
+        },
     ));
     trials.push(with_moto("aws_mode_falls_back_to_client", env, |m| {
         run(aws_fallback(m))
@@ -718,7 +722,44 @@ impl Drop for OperatorProcess {
     }
 }
 
-async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
+/// A private copy of the `nerite` binary, taken when the suite starts (right after cargo built
+/// it): the build directory may be shared with other builds that replace the binary while the
+/// suite runs. Verified to be this build: its CRD must equal the one in `crds/`.
+fn binary_copy() -> Result<(tempfile::TempDir, std::path::PathBuf), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("nerite-bin-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let binary = dir.path().join("nerite");
+    std::fs::copy(env!("CARGO_BIN_EXE_nerite"), &binary)
+        .map_err(|e| format!("copy nerite: {e}"))?;
+    let crd = Command::new(&binary)
+        .arg("crd")
+        .output()
+        .map_err(|e| format!("nerite crd: {e}"))?;
+    let ours = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crds/scaledconsumers.nerite.dev.yaml"),
+    )
+    .map_err(|e| format!("read crds/: {e}"))?;
+    if String::from_utf8_lossy(&crd.stdout).trim() != ours.trim() {
+        return Err(
+            "the nerite binary in the build directory is not this build (another build in the \
+             same target directory replaced it); run the suite again"
+                .into(),
+        );
+    }
+    Ok((dir, binary))
+}
+
+async fn kill_mid_redrive(
+    moto: Arc<Moto>,
+    binary: Arc<Result<(tempfile::TempDir, std::path::PathBuf), String>>,
+) -> Result<(), String> {
+    let binary = match binary.as_ref() {
+        Ok((_, path)) => path.clone(),
+        Err(e) => return Err(e.clone()),
+    };
     let ns = "sqs-kill";
     let cluster = Cluster::fake(true).await?;
     setup(&cluster, ns, &["kill"]).await?;
@@ -746,18 +787,6 @@ async fn kill_mid_redrive(moto: Arc<Moto>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // A private copy of the binary: the build directory may be shared with other builds
-    // that replace it while this trial runs.
-    let binary = dir.path().join("nerite");
-    std::fs::copy(env!("CARGO_BIN_EXE_nerite"), &binary)
-        .map_err(|e| format!("copy nerite: {e}"))?;
-    let crd = Command::new(&binary)
-        .arg("crd")
-        .output()
-        .map_err(|e| format!("nerite crd: {e}"))?;
-    if !String::from_utf8_lossy(&crd.stdout).contains("deadLetter") {
-        return Err("the nerite binary in the build directory is not this build (another build replaced it); run again".into());
-    }
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
