@@ -35,6 +35,7 @@ crds:
 deps:
 	bash e2e/rabbitmq.sh install
 	bash e2e/venv.sh >/dev/null
+	bash e2e/moto.sh install
 
 ## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
 ## scaling live.
@@ -42,8 +43,8 @@ demo: deps
 	$(CARGO) run -q -p nerite-testkit --bin nerite-demo
 
 ## Every benchmark; each prints a table against a baseline measured in the same run.
-.PHONY: bench bench-simulate bench-rabbitmq
-bench: bench-simulate bench-rabbitmq
+.PHONY: bench bench-simulate bench-rabbitmq bench-sqs
+bench: bench-simulate bench-rabbitmq bench-sqs
 
 ## Replay the built-in scenarios through nerite, KEDA + HPA (default and tuned), a static
 ## fleet and an oracle; prints the comparison table and writes one SVG chart per scenario.
@@ -53,6 +54,11 @@ bench-simulate:
 ## RabbitMQ: management-API calls and bytes per tick, shared poller vs one call per object.
 bench-rabbitmq: deps
 	$(CARGO) run -q -p nerite-testkit --bin nerite-bench-rabbitmq
+
+## SQS: API calls, SDK clients and tick time for 1–1,000 ScaledConsumers, nerite's shared
+## client vs one client per object.
+bench-sqs: deps
+	$(CARGO) bench --profile dev --bench sqs
 
 clean:
 	$(CARGO) clean

@@ -100,12 +100,16 @@ pub struct ScaleTargetRef {
 
 /// The broker to observe. Exactly one field must be set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.rabbitmq)].filter(x, x).size() == 1").message("exactly one source must be set (supported: rabbitmq)"))]
+#[x_kube(validation = Rule::new("[has(self.rabbitmq), has(self.sqs)].filter(x, x).size() == 1").message("exactly one source must be set (supported: rabbitmq, sqs)"))]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// A RabbitMQ queue, read through the management HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitMqSource>,
+    /// An Amazon SQS queue (depth from GetQueueAttributes), with optional dead-letter
+    /// management and redrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqs: Option<SqsSource>,
     /// Source kinds this version does not support. The schema never admits them (a cluster
     /// prunes or refuses them); kept here so validation in code can name them when a client
     /// bypasses the schema.
@@ -117,6 +121,10 @@ pub struct SourceSpec {
 impl SourceSpec {
     /// Short human description used in status and printer columns.
     pub fn describe(&self) -> String {
+        if let Some(q) = &self.sqs {
+            let name = q.queue_url.rsplit('/').next().unwrap_or_default();
+            return format!("sqs:{name}");
+        }
         match &self.rabbitmq {
             Some(r) => format!("rabbitmq:{}", r.queue),
             None => "none".to_string(),
@@ -459,6 +467,9 @@ pub struct ScaledConsumerStatus {
     /// RabbitMQ extras: prefetch, dead-lettering, redrive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitMqStatus>,
+    /// SQS source details: depth parts, the dead-letter policy nerite manages, redrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqs: Option<SqsStatus>,
 }
 
 /// What nerite manages on the RabbitMQ side.
@@ -601,4 +612,213 @@ pub struct ObservationStatus {
     pub consumer_utilisation: Option<f64>,
     /// When the broker was read (RFC 3339).
     pub observed_at: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Amazon SQS
+
+/// An Amazon SQS queue. Depth is read with one `GetQueueAttributes` per poll, counted as
+/// KEDA does: visible + in-flight (`includeInFlight`, default true) + delayed
+/// (`includeDelayed`, default false).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.queueUrl.startsWith('https://') || self.queueUrl.startsWith('http://')").message("queueUrl must be an http:// or https:// URL"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('https://') || self.endpoint.startsWith('http://')").message("endpoint must be an http:// or https:// URL"))]
+#[serde(rename_all = "camelCase")]
+pub struct SqsSource {
+    /// Queue URL, e.g. `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub queue_url: String,
+    /// AWS region of the queue, e.g. `eu-west-1`.
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: String,
+    /// Endpoint override (VPC endpoint, a local SQS-compatible server). Default: the
+    /// region's public endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Static credentials from a Secret in the ScaledConsumer's namespace. When unset, the
+    /// default AWS chain is used (environment, IRSA web identity, ECS/EC2 instance roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<AwsCredentialsRef>,
+    /// Count in-flight (received, not yet deleted) messages. Default true (KEDA's
+    /// `scaleOnInFlight`).
+    #[serde(default = "default_true")]
+    pub include_in_flight: bool,
+    /// Count delayed messages. Default false (KEDA's `scaleOnDelayed`).
+    #[serde(default)]
+    pub include_delayed: bool,
+    /// Dead-letter queue and redrive policy managed by nerite. Removing this section
+    /// removes the policy nerite set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<SqsDeadLetter>,
+}
+
+/// Keys of a Secret holding an AWS access key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsCredentialsRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the access key id. Default `accessKeyId`.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key. Default `secretAccessKey`.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "accessKeyId".to_string()
+}
+
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".to_string()
+}
+
+/// The dead-letter queue of an SQS source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(r"self.queue.startsWith('arn:') ? self.queue.matches('^arn:aws[a-z-]*:sqs:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:[A-Za-z0-9_-]{1,80}(\\.fifo)?$') : self.queue.matches('^[A-Za-z0-9_-]{1,80}(\\.fifo)?$')").message("deadLetter.queue must be a queue name or an SQS ARN (arn:aws:sqs:REGION:ACCOUNT:NAME)"))]
+#[serde(rename_all = "camelCase")]
+pub struct SqsDeadLetter {
+    /// The DLQ: a queue name (same account and region as the source) or an ARN.
+    #[schemars(length(min = 1, max = 256))]
+    pub queue: String,
+    /// Create the DLQ when it does not exist (FIFO when the source is FIFO). Default false.
+    #[serde(default)]
+    pub create: bool,
+    /// Receives after which SQS moves a message to the DLQ (1–1000).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_receive_count: i32,
+    /// Move the DLQ's messages back to the source, once per `requestId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<SqsRedrive>,
+}
+
+/// A declarative redrive request: each new `requestId` moves the DLQ's messages back to
+/// the source once; progress is kept in `status.sqs.redrive`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsRedrive {
+    /// Identifies one redrive. A redrive runs once per id; set a new id to run another.
+    #[schemars(length(min = 1, max = 128))]
+    pub request_id: String,
+    /// `Aws` (StartMessageMoveTask) or `Client` (receive → send → delete by nerite).
+    /// Default: `Aws` on AWS endpoints, `Client` elsewhere. `Aws` falls back to `Client`
+    /// when the endpoint refuses or does not implement move tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SqsRedriveMode>,
+    /// Upper bound on messages moved per second (1–500). Default: `Aws` lets SQS choose,
+    /// `Client` moves up to 500/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 500))]
+    pub max_messages_per_second: Option<i32>,
+    /// Stop the redrive of this `requestId` (messages already moved stay moved).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cancel: bool,
+}
+
+/// How a redrive moves messages.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SqsRedriveMode {
+    /// SQS moves the messages itself (StartMessageMoveTask).
+    Aws,
+    /// nerite receives from the DLQ, sends to the source, deletes what was sent.
+    Client,
+}
+
+/// What nerite sees and manages on an SQS source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsStatus {
+    /// `ApproximateNumberOfMessages` at the last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible: Option<i64>,
+    /// `ApproximateNumberOfMessagesNotVisible` (received, not yet deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<i64>,
+    /// `ApproximateNumberOfMessagesDelayed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed: Option<i64>,
+    /// The source queue's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_arn: Option<String>,
+    /// The dead-letter policy nerite manages (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<SqsDeadLetterStatus>,
+    /// The last redrive (written by the redrive itself as it progresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<SqsRedriveStatus>,
+}
+
+/// The dead-letter setup in effect.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsDeadLetterStatus {
+    /// The DLQ's URL.
+    pub queue_url: String,
+    /// The DLQ's ARN.
+    pub queue_arn: String,
+    /// The source's `RedrivePolicy` as SQS reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_policy: Option<String>,
+    /// The DLQ's `RedriveAllowPolicy` as nerite last set or read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_allow_policy: Option<String>,
+    /// How often nerite restored a policy someone else changed.
+    #[serde(default)]
+    pub drift_repairs: i64,
+    /// When nerite last restored a changed policy (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair_time: Option<String>,
+}
+
+/// Progress of a redrive, persisted as it goes so a restarted nerite resumes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsRedriveStatus {
+    /// The `requestId` this redrive answers.
+    pub request_id: String,
+    /// `Aws` or `Client`: how the messages are being moved.
+    pub mode: String,
+    /// `Running`, `Completed`, `Failed` or `Cancelled`.
+    pub state: String,
+    /// When it started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Messages moved back to the source.
+    #[serde(default)]
+    pub moved: i64,
+    /// Messages that could not be sent (left in the DLQ).
+    #[serde(default)]
+    pub failed: i64,
+    /// Messages sent again after an interruption left it unknown whether an earlier send
+    /// went through: at most this many duplicates reached the source.
+    #[serde(default)]
+    pub duplicates: i64,
+    /// One line on the outcome or the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The SQS move task handle (`Aws` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_handle: Option<String>,
+    /// The batch in progress (`Client` mode): DLQ message ids about to be sent
+    /// (`Sending`) or sent but not yet deleted from the DLQ (`Sent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<SqsRedriveJournal>,
+    /// DLQ message ids that could not be sent (at most 100 kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_message_ids: Vec<String>,
+}
+
+/// The batch a client-mode redrive is working on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsRedriveJournal {
+    /// `Sending` or `Sent`.
+    pub phase: String,
+    /// DLQ message ids of the batch.
+    pub message_ids: Vec<String>,
 }

@@ -27,12 +27,14 @@ use crate::kubeio::{KubeIo, TargetScale};
 use crate::leader::{Leadership, LeaseSettings};
 use crate::metrics::{Health, Metrics};
 use crate::policy::{self, Decision, History, Input, Limit};
-use crate::source::Observation;
 use crate::source::rabbitmq::poller::SharedPoller;
 use crate::source::rabbitmq::reconcile::{Extras as RabbitMqExtras, Inputs as RabbitMqInputs};
 use crate::source::rabbitmq::{ManagementApi, RabbitMqTarget};
+use crate::source::sqs::deadletter::{self, SqsTickOutcome};
+use crate::source::sqs::{SqsApi, SqsTarget};
+use crate::source::{Observation, Source};
 use crate::status::{self, CondUpdate, READY, SCALING_LIMITED, SOURCE_REACHABLE};
-use crate::validate::{self, ValidSource, ValidSpec};
+use crate::validate::{self, ValidSource, ValidSpec, ValidSqs};
 
 /// Operator settings (from the command line).
 #[derive(Clone, Debug)]
@@ -85,11 +87,13 @@ struct ObjectState {
 
 /// Shared by every reconcile.
 pub struct Context {
-    kube: KubeIo,
+    kube: Arc<KubeIo>,
     /// One management-API listing per endpoint and vhost serves every object there.
     rabbitmq: SharedPoller,
     /// Prefetch, dead-lettering and redrive of RabbitMQ sources.
     rabbitmq_extras: RabbitMqExtras,
+    /// One SDK client per region and endpoint.
+    sqs: SqsApi,
     config: OperatorConfig,
     state: Mutex<HashMap<String, ObjectState>>,
     /// The controller's cache of ScaledConsumers, to forget deleted ones.
@@ -231,9 +235,10 @@ async fn run_controller(
         .with_config(ControllerConfig::default().concurrency(config.concurrency));
     let store = controller.store();
     let ctx = Arc::new(Context {
-        kube: KubeIo::new(client.clone(), config.instance.clone()),
+        kube: Arc::new(KubeIo::new(client.clone(), config.instance.clone())),
         rabbitmq: SharedPoller::new(Arc::new(ManagementApi::new(config.source_timeout))),
         rabbitmq_extras: RabbitMqExtras::new(),
+        sqs: SqsApi::new(config.source_timeout),
         state: Mutex::default(),
         config: config.clone(),
         store: store.clone(),
@@ -527,6 +532,12 @@ async fn tick(
         _ => None,
     };
 
+    // SQS: the dead-letter policy and redrives (logic in source::sqs).
+    let sqs = match &valid.source {
+        ValidSource::Sqs(q) => Some(sqs_step(sc, key, q, namespace, observed.is_ok(), ctx).await),
+        _ => None,
+    };
+
     let status = build_status(
         sc,
         valid,
@@ -538,6 +549,7 @@ async fn tick(
             scaled,
             failures,
             throughput,
+            sqs,
         },
     );
     let status = match rabbitmq {
@@ -569,6 +581,7 @@ fn seeded_history(sc: &ScaledConsumer, current: i32, now: Timestamp) -> History 
 fn source_kind(source: &ValidSource) -> &'static str {
     match source {
         ValidSource::RabbitMq { .. } => "rabbitmq",
+        ValidSource::Sqs(_) => "sqs",
     }
 }
 
@@ -608,6 +621,19 @@ async fn observe(
             }
             (res.map_err(Error::from), Some(target))
         }
+        ValidSource::Sqs(q) => {
+            let target = match sqs_target(q, namespace, ctx).await {
+                Ok(t) => t,
+                Err(e) => return (Err(e), None),
+            };
+            let res = ctx.sqs.observe(&target).await;
+            if let (Err(e), Some(c)) = (&res, &q.credentials)
+                && e.reason() == "Unauthorized"
+            {
+                ctx.kube.forget_secret(namespace, &c.name);
+            }
+            (res.map_err(Error::from), None)
+        }
     }
 }
 
@@ -635,6 +661,40 @@ fn with_rabbitmq(
     status.conditions = conditions;
     status.rabbitmq = extras.status;
     status
+}
+
+/// The SQS queue with its credentials (a Secret, or the default AWS chain).
+async fn sqs_target(q: &ValidSqs, namespace: &str, ctx: &Context) -> Result<SqsTarget> {
+    let credentials = match &q.credentials {
+        Some(keys) => Some(ctx.kube.credentials(namespace, keys).await?),
+        None => None,
+    };
+    Ok(SqsTarget {
+        queue_url: q.queue_url.clone(),
+        region: q.region.clone(),
+        endpoint: q.endpoint.clone(),
+        credentials,
+        include_in_flight: q.include_in_flight,
+        include_delayed: q.include_delayed,
+    })
+}
+
+/// After the depth read: the dead-letter policy and any redrive. Never fails the tick.
+async fn sqs_step(
+    sc: &ScaledConsumer,
+    key: &str,
+    q: &ValidSqs,
+    namespace: &str,
+    read_ok: bool,
+    ctx: &Context,
+) -> SqsTickOutcome {
+    let target = match sqs_target(q, namespace, ctx).await {
+        Ok(t) if read_ok => Some(t),
+        _ => None,
+    };
+    ctx.sqs
+        .after_observe(sc, key, q, target.as_ref(), &ctx.kube)
+        .await
 }
 
 /// Emit a Warning Event for each new source error, and a Normal one on recovery.
@@ -717,6 +777,7 @@ async fn report_blocked(sc: &ScaledConsumer, ctx: &Context, key: &str, err: &Err
         ),
         source: Some(sc.spec.source.describe()),
         reason: Some(format!("not scaling: {err}")),
+        sqs: prev.sqs.clone().map(deadletter::status_for_apply),
         ..prev
     };
     ctx.kube.apply_status(sc, &status).await
@@ -750,6 +811,7 @@ struct StatusInputs<'a> {
     scaled: bool,
     failures: u32,
     throughput: Option<f64>,
+    sqs: Option<SqsTickOutcome>,
 }
 
 fn build_status(
@@ -794,6 +856,8 @@ fn build_status(
             ));
         }
     }
+    let sqs = i.sqs.unwrap_or_default();
+    updates.extend(sqs.conditions);
     updates.push(match d.limit {
         Some(limit) => {
             CondUpdate::new(SCALING_LIMITED, true, limit_reason(limit), d.reason.clone())
@@ -828,6 +892,7 @@ fn build_status(
         consecutive_failures: Some(i32::try_from(i.failures).unwrap_or(i32::MAX)),
         per_replica_throughput: i.throughput.map(|v| (v * 100.0).round() / 100.0),
         rabbitmq: prev.rabbitmq,
+        sqs: sqs.status,
     }
 }
 

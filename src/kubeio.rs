@@ -346,6 +346,29 @@ impl KubeIo {
         Ok(())
     }
 
+    /// Merge-patch part of the status under its own field manager (a long-running task's
+    /// progress, which the tick's server-side apply of the status does not own).
+    pub async fn merge_status(
+        &self,
+        sc: &ScaledConsumer,
+        field_manager: &str,
+        status: serde_json::Value,
+    ) -> Result<()> {
+        let namespace = sc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+        let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), &namespace);
+        let pp = PatchParams {
+            field_manager: Some(field_manager.to_string()),
+            ..PatchParams::default()
+        };
+        api.patch_status(
+            &sc.name_any(),
+            &pp,
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Publish an Event on the ScaledConsumer. Failures are logged, never returned: an Event
     /// that cannot be written must not stop scaling.
     pub async fn event(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::api::{
     BehaviorSpec, FallbackMode, FallbackSpec, PrefetchMode, RabbitMqSource, ScaleTargetRef,
-    ScaledConsumerSpec, ScalingRules, SecretKeysRef,
+    ScaledConsumerSpec, ScalingRules, SecretKeysRef, SqsDeadLetter, SqsSource,
 };
 use crate::policy::{Fallback, PolicyConfig};
 use crate::source::rabbitmq::reconcile::{Delivery, ValidDeadLetter, ValidPrefetch};
@@ -35,6 +35,21 @@ pub enum ValidSource {
         prefetch: Option<ValidPrefetch>,
         dead_letter: Option<ValidDeadLetter>,
     },
+    Sqs(ValidSqs),
+}
+
+/// A checked SQS source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSqs {
+    pub queue_url: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    /// Access key id as `username_key`, secret access key as `password_key`. `None`: the
+    /// default AWS credential chain.
+    pub credentials: Option<SecretKeysRef>,
+    pub include_in_flight: bool,
+    pub include_delayed: bool,
+    pub dead_letter: Option<SqsDeadLetter>,
 }
 
 /// Everything wrong with a spec, each problem naming its field.
@@ -65,7 +80,7 @@ const ONE_SECOND: Duration = Duration::from_secs(1);
 const ONE_HOUR: Duration = Duration::from_secs(3600);
 
 /// Brokers nerite can read, for messages.
-const SUPPORTED_SOURCES: &str = "rabbitmq";
+const SUPPORTED_SOURCES: &str = "rabbitmq, sqs";
 
 /// Parse a duration such as `500ms`, `5s`, `1m30s`, `2h`.
 ///
@@ -428,7 +443,9 @@ fn check_target(t: &ScaleTargetRef, p: &mut Problems) {
 fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSource> {
     if !spec.source.unsupported.is_empty() {
         let names: Vec<&str> = spec.source.unsupported.keys().map(String::as_str).collect();
-        let set = usize::from(spec.source.rabbitmq.is_some()) + names.len();
+        let set = usize::from(spec.source.rabbitmq.is_some())
+            + usize::from(spec.source.sqs.is_some())
+            + names.len();
         p.add(format!(
             "spec.source: {} not supported by this version of nerite (supported: {SUPPORTED_SOURCES}){}",
             names.join(", "),
@@ -439,6 +456,28 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
             }
         ));
         return None;
+    }
+    if let Some(q) = spec.source.sqs.as_ref() {
+        if spec.source.rabbitmq.is_some() {
+            p.add(format!(
+                "spec.source: exactly one source must be set, found 2 (supported: {SUPPORTED_SOURCES})"
+            ));
+            return None;
+        }
+        check_sqs(q, p);
+        return Some(ValidSource::Sqs(ValidSqs {
+            queue_url: q.queue_url.trim().to_string(),
+            region: q.region.clone(),
+            endpoint: q.endpoint.clone(),
+            credentials: q.credentials_secret_ref.as_ref().map(|c| SecretKeysRef {
+                name: c.name.clone(),
+                username_key: c.access_key_id_key.clone(),
+                password_key: c.secret_access_key_key.clone(),
+            }),
+            include_in_flight: q.include_in_flight,
+            include_delayed: q.include_delayed,
+            dead_letter: q.dead_letter.clone(),
+        }));
     }
     let Some(r) = spec.source.rabbitmq.as_ref() else {
         p.add(format!(
@@ -646,6 +685,98 @@ fn check_rabbitmq(r: &RabbitMqSource, p: &mut Problems) {
     );
 }
 
+fn check_sqs(q: &SqsSource, p: &mut Problems) {
+    use crate::source::sqs::model;
+    const F: &str = "spec.source.sqs";
+    let region_ok = model::is_region(&q.region);
+    if !region_ok {
+        p.add(format!(
+            "{F}.region ({}) is not an AWS region name (e.g. eu-west-1)",
+            quote(&q.region)
+        ));
+    }
+    match model::QueueUrl::parse(&q.queue_url) {
+        Err(why) => p.add(format!("{F}.queueUrl {why}")),
+        Ok(url) => {
+            if let Some(url_region) = url.region.as_deref()
+                && region_ok
+                && url_region != q.region
+            {
+                p.add(format!(
+                    "{F}.region ({}) does not match the queue URL's region ({url_region:?})",
+                    quote(&q.region)
+                ));
+            }
+        }
+    }
+    if let Some(endpoint) = &q.endpoint
+        && let Some(problem) = management_url_problem(endpoint)
+    {
+        p.add(format!("{F}.endpoint {problem}"));
+    }
+    if let Some(c) = &q.credentials_secret_ref {
+        p.non_empty(
+            &format!("{F}.credentialsSecretRef.name"),
+            &c.name,
+            Some(253),
+        );
+        p.non_empty(
+            &format!("{F}.credentialsSecretRef.accessKeyIdKey"),
+            &c.access_key_id_key,
+            None,
+        );
+        p.non_empty(
+            &format!("{F}.credentialsSecretRef.secretAccessKeyKey"),
+            &c.secret_access_key_key,
+            None,
+        );
+    }
+    let Some(dl) = &q.dead_letter else {
+        return;
+    };
+    if dl.queue.starts_with("arn:") {
+        match model::QueueArn::parse(&dl.queue) {
+            Err(why) => p.add(format!(
+                "{F}.deadLetter.queue ({}) is not a valid SQS ARN: {why}",
+                quote(&dl.queue)
+            )),
+            Ok(arn) if region_ok && arn.region != q.region => p.add(format!(
+                "{F}.deadLetter.queue is in region {:?}; a dead-letter queue must be in the \
+                 source's region ({})",
+                arn.region,
+                quote(&q.region)
+            )),
+            Ok(_) => {}
+        }
+    } else if !model::is_queue_name(&dl.queue) {
+        p.add(format!(
+            "{F}.deadLetter.queue ({}) is neither a queue name (letters, digits, - and _, at \
+             most 80 characters, FIFO names end in .fifo) nor an SQS ARN",
+            quote(&dl.queue)
+        ));
+    }
+    if !(1..=1000).contains(&dl.max_receive_count) {
+        p.add(format!(
+            "{F}.deadLetter.maxReceiveCount ({}) must be between 1 and 1000",
+            dl.max_receive_count
+        ));
+    }
+    if let Some(r) = &dl.redrive {
+        p.non_empty(
+            &format!("{F}.deadLetter.redrive.requestId"),
+            &r.request_id,
+            Some(128),
+        );
+        if let Some(rate) = r.max_messages_per_second
+            && !(1..=500).contains(&rate)
+        {
+            p.add(format!(
+                "{F}.deadLetter.redrive.maxMessagesPerSecond ({rate}) must be between 1 and 500"
+            ));
+        }
+    }
+}
+
 /// What is wrong with a management URL, phrased to follow the field name. Never includes
 /// the URL itself.
 fn management_url_problem(raw: &str) -> Option<String> {
@@ -826,7 +957,10 @@ mod tests {
             include_unacked,
             credentials,
             ..
-        } = v.source;
+        } = v.source
+        else {
+            panic!("a RabbitMQ source")
+        };
         assert_eq!(management_url, "http://rabbitmq.default.svc:15672");
         assert_eq!(vhost, "/");
         assert_eq!(queue, "orders");
@@ -925,7 +1059,10 @@ mod tests {
             include_unacked,
             vhost,
             ..
-        } = v.source;
+        } = v.source
+        else {
+            panic!("a RabbitMQ source")
+        };
         assert!(!include_unacked);
         assert_eq!(vhost, "prod");
     }
@@ -964,9 +1101,9 @@ mod tests {
         let p = one_problem(v);
         assert!(p.contains("kafka not supported"), "{p}");
         assert!(p.contains("exactly one source must be set, found 2"), "{p}");
-        let v = with(base(), "/source", json!({"sqs": {"queueUrl": "u"}}));
+        let v = with(base(), "/source", json!({"kinesis": {"stream": "u"}}));
         let p = one_problem(v);
-        assert!(p.contains("sqs not supported"), "{p}");
+        assert!(p.contains("kinesis not supported"), "{p}");
         assert!(!p.contains("found"), "{p}");
     }
 
@@ -1287,7 +1424,10 @@ mod tests {
             "/source/rabbitmq/deadLetter",
             json!({"maxDeliveries": 3}),
         );
-        let ValidSource::RabbitMq { dead_letter, .. } = validate(&spec(v)).expect("valid").source;
+        let ValidSource::RabbitMq { dead_letter, .. } = validate(&spec(v)).expect("valid").source
+        else {
+            panic!("a RabbitMQ source")
+        };
         let dl = dead_letter.expect("deadLetter");
         assert_eq!(dl.queue, "orders.dlq");
         assert_eq!(dl.exchange, "orders.dlx");
@@ -1335,14 +1475,20 @@ mod tests {
                 "mode": "Apply", "deliverTo": {"env": {"container": "c", "name": "P"}}, "minInterval": "30s"
             }),
         );
-        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source;
+        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source
+        else {
+            panic!("a RabbitMQ source")
+        };
         let pf = prefetch.expect("prefetch");
         assert!(pf.apply);
         assert_eq!((pf.min, pf.max, pf.min_change_percent), (1, 1000, 25));
         assert_eq!(pf.min_interval, Duration::from_secs(30));
         // Off means no prefetch handling at all.
         let v = with(base(), "/source/rabbitmq/prefetch", json!({"mode": "Off"}));
-        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source;
+        let ValidSource::RabbitMq { prefetch, .. } = validate(&spec(v)).expect("valid").source
+        else {
+            panic!("a RabbitMQ source")
+        };
         assert!(prefetch.is_none());
     }
 }

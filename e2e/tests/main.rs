@@ -10,6 +10,7 @@ mod packaging;
 mod rabbitmq_deadletter;
 mod rabbitmq_prefetch;
 mod rabbitmq_source;
+mod sqs;
 mod support;
 
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     trials.extend(operator::trials(&env));
     trials.extend(leader::trials(&env));
     trials.extend(packaging::trials(&env));
+    trials.extend(sqs::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

@@ -5,6 +5,7 @@
 //! the same endpoint (one HTTP client per endpoint, no per-object long-lived connections).
 
 pub mod rabbitmq;
+pub mod sqs;
 
 use std::fmt;
 use std::future::Future;
@@ -102,6 +103,19 @@ pub enum SourceError {
     /// The source configuration cannot work (e.g. a malformed URL).
     #[error("invalid source configuration: {0}")]
     InvalidConfig(String),
+    /// An SQS queue does not exist at that endpoint, in that region.
+    #[error(
+        "SQS queue {queue:?} does not exist in region {region} at {endpoint}; check the queue URL and the region"
+    )]
+    SqsQueueNotFound {
+        endpoint: String,
+        region: String,
+        queue: String,
+    },
+    /// AWS rejected the credentials (unknown key, bad signature, expired token), or none
+    /// could be found.
+    #[error("AWS rejected or found no credentials at {endpoint}: {detail}")]
+    AwsCredentials { endpoint: String, detail: String },
 }
 
 impl SourceError {
@@ -117,6 +131,8 @@ impl SourceError {
             SourceError::Timeout { .. } => "Timeout",
             SourceError::Protocol { .. } => "ProtocolError",
             SourceError::InvalidConfig(_) => "InvalidSourceConfig",
+            SourceError::SqsQueueNotFound { .. } => "QueueNotFound",
+            SourceError::AwsCredentials { .. } => "Unauthorized",
         }
     }
 

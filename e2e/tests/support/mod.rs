@@ -1,6 +1,6 @@
 //! Shared fixtures for the end-to-end trials.
 
-pub use nerite_testkit::{cluster, ops, rabbitmq};
+pub use nerite_testkit::{cluster, moto, ops, rabbitmq};
 
 use std::sync::{Arc, OnceLock};
 
@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 #[derive(Clone, Default)]
 pub struct Env {
     rabbit: Arc<OnceLock<Result<Arc<rabbitmq::RabbitMq>, String>>>,
+    moto: Arc<OnceLock<Result<Arc<moto::Moto>, String>>>,
 }
 
 impl Env {
@@ -19,6 +20,13 @@ impl Env {
     pub fn rabbitmq(&self) -> Result<Arc<rabbitmq::RabbitMq>, String> {
         self.rabbit
             .get_or_init(|| rabbitmq::RabbitMq::start().map(Arc::new))
+            .clone()
+    }
+
+    /// The shared moto (SQS) server, started on first use.
+    pub fn moto(&self) -> Result<Arc<moto::Moto>, String> {
+        self.moto
+            .get_or_init(|| moto::Moto::start().map(Arc::new))
             .clone()
     }
 }
