@@ -31,11 +31,12 @@ crds:
 	cp crds/scaledconsumers.nerite.dev.yaml config/crd/
 
 ## Install what the tests and the demo need (RabbitMQ from Debian's packages, Python test
-## tools into a virtualenv under ~/.cache/nerite).
+## tools into a virtualenv under ~/.cache/nerite, tansu built from crates.io into the same cache).
 deps:
 	bash e2e/rabbitmq.sh install
 	bash e2e/venv.sh >/dev/null
 	bash e2e/moto.sh install
+	bash e2e/kafka.sh install >/dev/null
 
 ## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
 ## scaling live.

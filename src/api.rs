@@ -100,7 +100,7 @@ pub struct ScaleTargetRef {
 
 /// The broker to observe. Exactly one field must be set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.rabbitmq), has(self.sqs)].filter(x, x).size() == 1").message("exactly one source must be set (supported: rabbitmq, sqs)"))]
+#[x_kube(validation = Rule::new("[has(self.rabbitmq), has(self.sqs), has(self.kafka)].filter(x, x).size() == 1").message("exactly one source must be set (supported: rabbitmq, sqs, kafka)"))]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// A RabbitMQ queue, read through the management HTTP API.
@@ -110,6 +110,10 @@ pub struct SourceSpec {
     /// management and redrive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqs: Option<SqsSource>,
+    /// A Kafka consumer group: lag from committed offsets, partition-aware replicas,
+    /// optional partition growth and dead-letter-topic redrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSource>,
     /// Source kinds this version does not support. The schema never admits them (a cluster
     /// prunes or refuses them); kept here so validation in code can name them when a client
     /// bypasses the schema.
@@ -124,6 +128,9 @@ impl SourceSpec {
         if let Some(q) = &self.sqs {
             let name = q.queue_url.rsplit('/').next().unwrap_or_default();
             return format!("sqs:{name}");
+        }
+        if let Some(k) = &self.kafka {
+            return format!("kafka:{}", k.topic_names().join(","));
         }
         match &self.rabbitmq {
             Some(r) => format!("rabbitmq:{}", r.queue),
@@ -470,6 +477,10 @@ pub struct ScaledConsumerStatus {
     /// SQS source details: depth parts, the dead-letter policy nerite manages, redrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqs: Option<SqsStatus>,
+    /// Kafka source details: lag per partition, rates, partition growth, dead-letter topic
+    /// and redrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaStatus>,
 }
 
 /// What nerite manages on the RabbitMQ side.
@@ -821,4 +832,357 @@ pub struct SqsRedriveJournal {
     pub phase: String,
     /// DLQ message ids of the batch.
     pub message_ids: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Kafka
+
+/// Topic names Kafka accepts.
+pub const KAFKA_TOPIC_PATTERN: &str = r"^[A-Za-z0-9._-]{1,249}$";
+
+/// A Kafka consumer group and its topics. nerite reads the group's committed offsets and
+/// the partitions' log-start and log-end offsets; lag is log-end minus committed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.topic), has(self.topics)].filter(x, x).size() == 1").message("exactly one of topic and topics must be set"))]
+#[x_kube(validation = Rule::new("!(has(self.allowIdleConsumers) && self.allowIdleConsumers && has(self.limitToPartitionsWithLag) && self.limitToPartitionsWithLag)").message("allowIdleConsumers and limitToPartitionsWithLag exclude each other"))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSource {
+    /// Brokers to bootstrap from, `host:port`.
+    #[schemars(length(min = 1, max = 32))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")))]
+    pub bootstrap_servers: Vec<String>,
+    /// The topic the group consumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,249}$"))]
+    pub topic: Option<String>,
+    /// Several topics consumed by the group (lag and partitions are summed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9._-]{1,249}$")))]
+    pub topics: Option<Vec<String>>,
+    /// The consumer group whose committed offsets measure the lag.
+    #[schemars(length(min = 1, max = 255))]
+    pub consumer_group: String,
+    /// Partitions without a committed offset: `Latest` (default, as Kafka's
+    /// `auto.offset.reset`) counts no lag, `Earliest` counts every retained record.
+    #[serde(default)]
+    pub offset_reset_policy: KafkaOffsetReset,
+    /// Allow more replicas than partitions (they would idle). Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_idle_consumers: bool,
+    /// Cap replicas at the number of partitions that have lag. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub limit_to_partitions_with_lag: bool,
+    /// TLS to the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// SASL login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+    /// Grow the topic's partitions when replicas would otherwise be capped and the lag does
+    /// not drain (opt-in; without it nerite only recommends). See docs/kafka.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_growth: Option<KafkaPartitionGrowth>,
+    /// A dead-letter topic: its depth in status, and redrive back to the source topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<KafkaDeadLetter>,
+}
+
+impl KafkaSource {
+    /// The topics, from `topic` or `topics`.
+    pub fn topic_names(&self) -> Vec<String> {
+        match (&self.topic, &self.topics) {
+            (Some(t), _) => vec![t.clone()],
+            (None, Some(ts)) => ts.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// Where a group without a committed offset starts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum KafkaOffsetReset {
+    #[default]
+    Latest,
+    Earliest,
+}
+
+/// TLS settings. Without `caSecretRef` the public web PKI roots are trusted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// CA bundle (PEM) in a Secret key, e.g. `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate and key (PEM) for mutual TLS, e.g. a `kubernetes.io/tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<ClientCertRef>,
+    /// Name to verify in the brokers' certificates. Default: the host dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+}
+
+/// One key of a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret holding a client certificate and its key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Default `tls.crt`.
+    #[serde(default = "default_cert_key")]
+    pub cert_key: String,
+    /// Default `tls.key`.
+    #[serde(default = "default_key_key")]
+    pub key_key: String,
+}
+
+fn default_cert_key() -> String {
+    "tls.crt".to_string()
+}
+
+fn default_key_key() -> String {
+    "tls.key".to_string()
+}
+
+/// SASL login.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    /// `Plain`, `ScramSha256` or `ScramSha512`.
+    pub mechanism: KafkaSaslMechanism,
+    /// Secret with the user name and password (keys `username`, `password` by default).
+    pub credentials_secret_ref: SecretKeysRef,
+}
+
+/// SASL mechanism.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum KafkaSaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+/// Opt-in partition growth.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaPartitionGrowth {
+    /// Let nerite increase the partition count (CreatePartitions). Default false: only
+    /// recommend in status.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_increase: bool,
+    /// Never more partitions per topic than this.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_partitions: i32,
+    /// At most one increase per this long. Default `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("partitionGrowth.cooldown must be at least 1m"))]
+    pub cooldown: Option<String>,
+}
+
+/// The dead-letter topic of a Kafka source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaDeadLetter {
+    /// The dead-letter topic (must exist).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,249}$"))]
+    pub topic: String,
+    /// Copy its records back to the source topic, once per `requestId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<KafkaRedrive>,
+}
+
+/// A declarative redrive of the dead-letter topic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRedrive {
+    /// Each new value copies the records the dead-letter topic holds at that moment back
+    /// once (never twice for the same value).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
+    pub request_id: String,
+    /// Where records go. Default: the source topic (required with several topics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,249}$"))]
+    pub target_topic: Option<String>,
+    /// Most records copied per second. Default: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_records_per_second: Option<i32>,
+    /// Stop the running redrive of this `requestId` (records already copied stay).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cancel: bool,
+}
+
+/// What nerite sees on a Kafka source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaStatus {
+    /// Partitions of the source topics.
+    #[serde(default)]
+    pub partitions: i32,
+    /// Partitions with lag.
+    #[serde(default)]
+    pub lagging_partitions: i32,
+    /// Σ lag.
+    #[serde(default)]
+    pub total_lag: i64,
+    /// Partitions without a committed offset.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub partitions_without_commit: i32,
+    /// Records deleted by retention before the group read them (not counted as lag).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub retention_skipped: i64,
+    /// Records produced per second (log-end progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce_rate: Option<f64>,
+    /// Records consumed per second (committed-offset progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consume_rate: Option<f64>,
+    /// Lag ÷ consume rate, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_time_lag_seconds: Option<f64>,
+    /// Per partition (the first 64 by topic and partition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_partition: Vec<KafkaPartitionStatus>,
+    /// True when `perPartition` lists only some partitions.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub per_partition_truncated: bool,
+    /// Partition growth: recommendation and increases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_growth: Option<KafkaPartitionGrowthStatus>,
+    /// The dead-letter topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<KafkaDeadLetterStatus>,
+    /// The last redrive (written by the redrive itself as it progresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<KafkaRedriveStatus>,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+/// One partition's offsets and lag.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaPartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    pub log_start: i64,
+    pub log_end: i64,
+    /// Absent when the group has no committed offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<i64>,
+    pub lag: i64,
+}
+
+/// Partition growth as decided and done.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaPartitionGrowthStatus {
+    /// Total partitions nerite recommends (absent when enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended: Option<i32>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The last increase, e.g. `orders 4 → 8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_increase: Option<String>,
+    /// When (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_increase_time: Option<String>,
+    /// Increases made by nerite.
+    #[serde(default)]
+    pub increases: i64,
+}
+
+/// The dead-letter topic as last read.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaDeadLetterStatus {
+    pub topic: String,
+    /// Records retained (Σ log-end − log-start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+}
+
+/// Progress of a redrive, persisted as it goes so a restarted nerite resumes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRedriveStatus {
+    pub request_id: String,
+    /// `Running`, `Completed`, `Failed` or `Cancelled`.
+    pub state: String,
+    /// The topic records are copied to.
+    pub target_topic: String,
+    /// The consumer group (owned by nerite) holding the progress.
+    pub group: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Records in the dead-letter topic when the request started (what is copied).
+    #[serde(default)]
+    pub to_copy: i64,
+    /// Records copied to the target topic.
+    #[serde(default)]
+    pub moved: i64,
+    /// Records the target refused (they stay in the dead-letter topic; offsets listed in
+    /// `failedOffsets`).
+    #[serde(default)]
+    pub failed: i64,
+    /// Records copied again after an interruption left unknown whether an earlier copy
+    /// went through (found on the target and therefore skipped are not counted).
+    #[serde(default)]
+    pub duplicates: i64,
+    /// Records found already copied after an interruption, and skipped.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub skipped_already_copied: i64,
+    /// One line on the outcome or the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Per dead-letter partition, the end offset at the start (copy up to it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stop_offsets: BTreeMap<String, i64>,
+    /// The batch in progress: records being written and the target's end offsets before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<KafkaRedriveJournal>,
+    /// `partition:offset` of refused records (at most 100 kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_offsets: Vec<String>,
+}
+
+/// A batch that may or may not have reached the target.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRedriveJournal {
+    /// Dead-letter partition of the batch.
+    pub partition: i32,
+    /// Offsets `[from, to)` of the batch.
+    pub from: i64,
+    pub to: i64,
+    /// Target partition → its end offset before the batch was written.
+    #[serde(default)]
+    pub target_ends: BTreeMap<String, i64>,
 }

@@ -27,6 +27,8 @@ use crate::kubeio::{KubeIo, TargetScale};
 use crate::leader::{Leadership, LeaseSettings};
 use crate::metrics::{Health, Metrics};
 use crate::policy::{self, Decision, History, Input, Limit};
+use crate::source::kafka::reconcile::{self as kafka_reconcile, TickOutcome as KafkaTickOutcome};
+use crate::source::kafka::{KafkaApi, KafkaReading, KafkaTarget};
 use crate::source::rabbitmq::poller::SharedPoller;
 use crate::source::rabbitmq::reconcile::{Extras as RabbitMqExtras, Inputs as RabbitMqInputs};
 use crate::source::rabbitmq::{ManagementApi, RabbitMqTarget};
@@ -94,6 +96,8 @@ pub struct Context {
     rabbitmq_extras: RabbitMqExtras,
     /// One SDK client per region and endpoint.
     sqs: SqsApi,
+    /// One protocol client per Kafka cluster and login.
+    kafka: KafkaApi,
     config: OperatorConfig,
     state: Mutex<HashMap<String, ObjectState>>,
     /// The controller's cache of ScaledConsumers, to forget deleted ones.
@@ -239,6 +243,7 @@ async fn run_controller(
         rabbitmq: SharedPoller::new(Arc::new(ManagementApi::new(config.source_timeout))),
         rabbitmq_extras: RabbitMqExtras::new(),
         sqs: SqsApi::new(config.source_timeout),
+        kafka: KafkaApi::new(config.source_timeout),
         state: Mutex::default(),
         config: config.clone(),
         store: store.clone(),
@@ -422,7 +427,11 @@ async fn tick(
     };
 
     let started = Instant::now();
-    let (observed, rabbit_target) = observe(valid, namespace, ctx).await;
+    let Observed {
+        result: observed,
+        rabbitmq: rabbit_target,
+        kafka: kafka_read,
+    } = observe(valid, namespace, ctx).await;
     ctx.metrics.poll(
         source_kind(&valid.source),
         observed.is_ok(),
@@ -538,6 +547,25 @@ async fn tick(
         _ => None,
     };
 
+    // Kafka: status details, partition growth, the dead-letter topic (source::kafka).
+    let kafka = match &valid.source {
+        ValidSource::Kafka(k) => Some(
+            ctx.kafka
+                .after_decide(kafka_reconcile::After {
+                    sc,
+                    key,
+                    spec: k,
+                    read: kafka_read.as_ref().map(|(t, r)| (t, r)),
+                    decision: &decision,
+                    current,
+                    policy: cfg,
+                    kube: &ctx.kube,
+                })
+                .await,
+        ),
+        _ => None,
+    };
+
     let status = build_status(
         sc,
         valid,
@@ -550,6 +578,7 @@ async fn tick(
             failures,
             throughput,
             sqs,
+            kafka,
         },
     );
     let status = match rabbitmq {
@@ -582,16 +611,30 @@ fn source_kind(source: &ValidSource) -> &'static str {
     match source {
         ValidSource::RabbitMq { .. } => "rabbitmq",
         ValidSource::Sqs(_) => "sqs",
+        ValidSource::Kafka(_) => "kafka",
     }
 }
 
-/// Credentials, then the broker (through the shared poller: a reading at most half a poll
-/// interval old). Also returns the RabbitMQ target, for the extras.
-async fn observe(
-    valid: &ValidSpec,
-    namespace: &str,
-    ctx: &Context,
-) -> (Result<Observation>, Option<RabbitMqTarget>) {
+/// What one read gave: the observation, and what the source-specific steps need.
+struct Observed {
+    result: Result<Observation>,
+    rabbitmq: Option<RabbitMqTarget>,
+    kafka: Option<(KafkaTarget, KafkaReading)>,
+}
+
+impl Observed {
+    fn plain(result: Result<Observation>) -> Self {
+        Self {
+            result,
+            rabbitmq: None,
+            kafka: None,
+        }
+    }
+}
+
+/// Credentials, then the broker (through the shared readers: a reading at most half a poll
+/// interval old).
+async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Observed {
     match &valid.source {
         ValidSource::RabbitMq {
             management_url,
@@ -603,7 +646,7 @@ async fn observe(
         } => {
             let creds = match ctx.kube.credentials(namespace, credentials).await {
                 Ok(c) => c,
-                Err(e) => return (Err(e), None),
+                Err(e) => return Observed::plain(Err(e)),
             };
             let target = RabbitMqTarget {
                 management_url: management_url.clone(),
@@ -619,12 +662,16 @@ async fn observe(
             if let Err(crate::source::SourceError::Unauthorized { .. }) = &res {
                 ctx.kube.forget_secret(namespace, &credentials.name);
             }
-            (res.map_err(Error::from), Some(target))
+            Observed {
+                result: res.map_err(Error::from),
+                rabbitmq: Some(target),
+                kafka: None,
+            }
         }
         ValidSource::Sqs(q) => {
             let target = match sqs_target(q, namespace, ctx).await {
                 Ok(t) => t,
-                Err(e) => return (Err(e), None),
+                Err(e) => return Observed::plain(Err(e)),
             };
             let res = ctx.sqs.observe(&target).await;
             if let (Err(e), Some(c)) = (&res, &q.credentials)
@@ -632,7 +679,50 @@ async fn observe(
             {
                 ctx.kube.forget_secret(namespace, &c.name);
             }
-            (res.map_err(Error::from), None)
+            Observed::plain(res.map_err(Error::from))
+        }
+        ValidSource::Kafka(k) => {
+            let target =
+                match kafka_reconcile::target(&ctx.kube, namespace, k, ctx.kafka.timeout()).await {
+                    Ok(t) => t,
+                    Err(e) => return Observed::plain(Err(e)),
+                };
+            match ctx
+                .kafka
+                .read(&target, valid.policy.poll_interval / 2)
+                .await
+            {
+                Ok(reading) => Observed {
+                    result: Ok(reading.observation(target.cap)),
+                    rabbitmq: None,
+                    kafka: Some((target, reading)),
+                },
+                Err(e) => {
+                    if let (SourceErrorReason::Unauthorized, Some(s)) =
+                        (SourceErrorReason::of(&e), &k.sasl)
+                    {
+                        ctx.kube
+                            .forget_secret(namespace, &s.credentials_secret_ref.name);
+                    }
+                    Observed::plain(Err(Error::from(e)))
+                }
+            }
+        }
+    }
+}
+
+/// Whether a source error is about credentials (a rotated Secret is then read again).
+enum SourceErrorReason {
+    Unauthorized,
+    Other,
+}
+
+impl SourceErrorReason {
+    fn of(e: &crate::source::SourceError) -> Self {
+        if e.reason() == "Unauthorized" {
+            Self::Unauthorized
+        } else {
+            Self::Other
         }
     }
 }
@@ -778,6 +868,7 @@ async fn report_blocked(sc: &ScaledConsumer, ctx: &Context, key: &str, err: &Err
         source: Some(sc.spec.source.describe()),
         reason: Some(format!("not scaling: {err}")),
         sqs: prev.sqs.clone().map(deadletter::status_for_apply),
+        kafka: prev.kafka.clone().map(kafka_reconcile::status_for_apply),
         ..prev
     };
     ctx.kube.apply_status(sc, &status).await
@@ -812,6 +903,7 @@ struct StatusInputs<'a> {
     failures: u32,
     throughput: Option<f64>,
     sqs: Option<SqsTickOutcome>,
+    kafka: Option<KafkaTickOutcome>,
 }
 
 fn build_status(
@@ -858,6 +950,8 @@ fn build_status(
     }
     let sqs = i.sqs.unwrap_or_default();
     updates.extend(sqs.conditions);
+    let kafka = i.kafka.unwrap_or_default();
+    updates.extend(kafka.conditions);
     updates.push(match d.limit {
         Some(limit) => {
             CondUpdate::new(SCALING_LIMITED, true, limit_reason(limit), d.reason.clone())
@@ -893,6 +987,7 @@ fn build_status(
         per_replica_throughput: i.throughput.map(|v| (v * 100.0).round() / 100.0),
         rabbitmq: prev.rabbitmq,
         sqs: sqs.status,
+        kafka: kafka.status,
     }
 }
 
@@ -906,6 +1001,7 @@ fn limit_reason(limit: Limit) -> &'static str {
         Limit::ScaleToZeroCooldown => "ScaleToZeroCooldown",
         Limit::Paused => "Paused",
         Limit::NoData => "NoData",
+        Limit::ReplicaCap => "AtPartitionCount",
     }
 }
 

@@ -277,7 +277,26 @@ impl KubeIo {
 
     /// Read credentials from a Secret in `namespace` (cached briefly).
     pub async fn credentials(&self, namespace: &str, keys: &SecretKeysRef) -> Result<Credentials> {
-        let cache_key = (namespace.to_string(), keys.name.clone());
+        let mut v = self
+            .secret_values(
+                namespace,
+                &keys.name,
+                &[&keys.username_key, &keys.password_key],
+            )
+            .await?;
+        let password = v.pop().unwrap_or_default();
+        let username = v.pop().unwrap_or_default();
+        Ok(Credentials::new(username, password))
+    }
+
+    /// Values of keys of a Secret (cached for a short while), in the order asked.
+    pub async fn secret_values(
+        &self,
+        namespace: &str,
+        name: &str,
+        keys: &[&str],
+    ) -> Result<Vec<String>> {
+        let cache_key = (namespace.to_string(), name.to_string());
         let cached = lock(&self.secrets)
             .get(&cache_key)
             .filter(|(at, _)| at.elapsed() < SECRET_TTL)
@@ -286,20 +305,20 @@ impl KubeIo {
             Some(s) => s,
             None => {
                 let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-                let secret =
-                    api.get_opt(&keys.name)
-                        .await?
-                        .ok_or_else(|| Error::SecretNotFound {
-                            name: keys.name.clone(),
-                            namespace: namespace.to_string(),
-                        })?;
+                let secret = api
+                    .get_opt(name)
+                    .await?
+                    .ok_or_else(|| Error::SecretNotFound {
+                        name: name.to_string(),
+                        namespace: namespace.to_string(),
+                    })?;
                 lock(&self.secrets).insert(cache_key, (Instant::now(), secret.clone()));
                 secret
             }
         };
         let value = |key: &str| -> Result<String> {
             let missing = || Error::SecretKeyMissing {
-                name: keys.name.clone(),
+                name: name.to_string(),
                 namespace: namespace.to_string(),
                 key: key.to_string(),
             };
@@ -313,10 +332,7 @@ impl KubeIo {
                 .cloned()
                 .ok_or_else(missing)
         };
-        Ok(Credentials::new(
-            value(&keys.username_key)?,
-            value(&keys.password_key)?,
-        ))
+        keys.iter().map(|k| value(k)).collect()
     }
 
     /// Drop a cached Secret so the next read sees a rotated value.

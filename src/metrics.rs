@@ -369,6 +369,7 @@ mod tests {
             ack_rate: None,
             consumer_utilisation: None,
             observed_at: jiff::Timestamp::UNIX_EPOCH,
+            replica_cap: None,
         }
     }
 

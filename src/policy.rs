@@ -84,6 +84,8 @@ pub enum Limit {
     ScaleToZeroCooldown,
     Paused,
     NoData,
+    /// The source's limit on useful replicas (Kafka: the partition count).
+    ReplicaCap,
 }
 
 /// The outcome of one tick.
@@ -93,6 +95,9 @@ pub struct Decision {
     pub desired: i32,
     /// What the objective alone asks for, before bounds, steps and windows (None without data).
     pub recommended: Option<i32>,
+    /// What the objective asks for before the source's replica cap (the partition count),
+    /// when that cap lowered it.
+    pub uncapped: Option<i32>,
     /// The strongest limit that changed the outcome, if any.
     pub limit: Option<Limit>,
     /// One line for humans, e.g. "backlog 1200 at 100/replica → 12, capped at max 10".
@@ -405,9 +410,20 @@ fn decide_observed(
     let backlog = obs.backlog.max(0);
     let activation = cfg.activation_backlog.max(0);
     let idle = backlog <= activation;
-    let obj = objective(backlog, obs, cfg, history, current, now);
+    let mut obj = objective(backlog, obs, cfg, history, current, now);
     let mut limit = None;
     let mut notes = String::new();
+    // The source's cap on useful replicas (never below one while there is work).
+    let mut uncapped = None;
+    if let Some(cap) = &obs.replica_cap {
+        let n = cap.max.max(i32::from(backlog > 0));
+        if obj.replicas > n {
+            uncapped = Some(obj.replicas);
+            obj.replicas = n;
+            obj.text = format!("{}, capped at {}", obj.text, cap.why);
+            limit = Some(Limit::ReplicaCap);
+        }
+    }
 
     // Scale to zero and activation (only when zero is allowed).
     let recommended;
@@ -423,6 +439,7 @@ fn decide_observed(
             return Decision {
                 desired: 0,
                 recommended: Some(0),
+                uncapped: None,
                 limit: None,
                 reason: format!("{idle_text}: staying at 0"),
             };
@@ -545,6 +562,7 @@ fn decide_observed(
     Decision {
         desired,
         recommended: Some(recommended),
+        uncapped,
         limit,
         reason: format!("{text}{notes}"),
     }
@@ -604,6 +622,7 @@ fn decide_unavailable(
     Decision {
         desired,
         recommended: None,
+        uncapped: None,
         limit: Some(limit),
         reason,
     }
@@ -621,6 +640,7 @@ fn pause(d: Decision, current: i32) -> Decision {
     Decision {
         desired: current,
         recommended: d.recommended,
+        uncapped: d.uncapped,
         limit: Some(Limit::Paused),
         reason,
     }
@@ -906,6 +926,7 @@ mod tests {
             ack_rate: None,
             consumer_utilisation: None,
             observed_at: t(0),
+            replica_cap: None,
         }
     }
 

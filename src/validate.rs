@@ -36,7 +36,41 @@ pub enum ValidSource {
         dead_letter: Option<ValidDeadLetter>,
     },
     Sqs(ValidSqs),
+    Kafka(ValidKafka),
 }
+
+/// A checked Kafka source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidKafka {
+    pub bootstrap: Vec<String>,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub offset_reset: crate::source::kafka::model::OffsetReset,
+    pub cap: crate::source::kafka::model::CapMode,
+    pub tls: Option<crate::api::KafkaTls>,
+    pub sasl: Option<crate::api::KafkaSasl>,
+    pub growth: Option<crate::source::kafka::model::GrowthConfig>,
+    pub dead_letter: Option<ValidKafkaDeadLetter>,
+}
+
+/// A checked Kafka dead-letter section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidKafkaDeadLetter {
+    pub topic: String,
+    pub redrive: Option<ValidKafkaRedrive>,
+}
+
+/// A checked redrive request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidKafkaRedrive {
+    pub request_id: String,
+    pub target_topic: String,
+    pub max_records_per_second: Option<u32>,
+    pub cancel: bool,
+}
+
+/// Default `partitionGrowth.cooldown`.
+pub const DEFAULT_GROWTH_COOLDOWN: Duration = Duration::from_secs(1800);
 
 /// A checked SQS source.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +114,7 @@ const ONE_SECOND: Duration = Duration::from_secs(1);
 const ONE_HOUR: Duration = Duration::from_secs(3600);
 
 /// Brokers nerite can read, for messages.
-const SUPPORTED_SOURCES: &str = "rabbitmq, sqs";
+const SUPPORTED_SOURCES: &str = "rabbitmq, sqs, kafka";
 
 /// Parse a duration such as `500ms`, `5s`, `1m30s`, `2h`.
 ///
@@ -445,6 +479,7 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
         let names: Vec<&str> = spec.source.unsupported.keys().map(String::as_str).collect();
         let set = usize::from(spec.source.rabbitmq.is_some())
             + usize::from(spec.source.sqs.is_some())
+            + usize::from(spec.source.kafka.is_some())
             + names.len();
         p.add(format!(
             "spec.source: {} not supported by this version of nerite (supported: {SUPPORTED_SOURCES}){}",
@@ -457,13 +492,19 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
         ));
         return None;
     }
+    let set = usize::from(spec.source.rabbitmq.is_some())
+        + usize::from(spec.source.sqs.is_some())
+        + usize::from(spec.source.kafka.is_some());
+    if set > 1 {
+        p.add(format!(
+            "spec.source: exactly one source must be set, found {set} (supported: {SUPPORTED_SOURCES})"
+        ));
+        return None;
+    }
+    if let Some(k) = spec.source.kafka.as_ref() {
+        return check_kafka(k, p).map(ValidSource::Kafka);
+    }
     if let Some(q) = spec.source.sqs.as_ref() {
-        if spec.source.rabbitmq.is_some() {
-            p.add(format!(
-                "spec.source: exactly one source must be set, found 2 (supported: {SUPPORTED_SOURCES})"
-            ));
-            return None;
-        }
         check_sqs(q, p);
         return Some(ValidSource::Sqs(ValidSqs {
             queue_url: q.queue_url.trim().to_string(),
@@ -495,6 +536,209 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
         include_unacked: r.include_unacked,
         credentials: r.credentials_secret_ref.clone(),
         prefetch,
+        dead_letter,
+    })
+}
+
+/// Kafka topic names: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+fn kafka_topic_ok(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `host:port` with a port in 1–65535.
+fn host_port_ok(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains('/')
+                && !host.contains('@')
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+/// `spec.source.kafka`.
+fn check_kafka(k: &crate::api::KafkaSource, p: &mut Problems) -> Option<ValidKafka> {
+    use crate::source::kafka::model::{CapMode, GrowthConfig, OffsetReset};
+    const F: &str = "spec.source.kafka";
+    if k.bootstrap_servers.is_empty() {
+        p.add(format!(
+            "{F}.bootstrapServers must list at least one host:port"
+        ));
+    }
+    for b in &k.bootstrap_servers {
+        if !host_port_ok(b) {
+            p.add(format!(
+                "{F}.bootstrapServers: {b:?} is not host:port (no scheme, no credentials)"
+            ));
+        }
+    }
+    let topics = match (&k.topic, &k.topics) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.add(format!("{F}: exactly one of topic and topics must be set"));
+            Vec::new()
+        }
+        (Some(t), None) => vec![t.clone()],
+        (None, Some(ts)) => {
+            if ts.is_empty() {
+                p.add(format!("{F}.topics must not be empty"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for t in ts {
+                if !seen.insert(t) {
+                    p.add(format!("{F}.topics lists {t:?} twice"));
+                }
+            }
+            ts.clone()
+        }
+    };
+    for t in &topics {
+        if !kafka_topic_ok(t) {
+            p.add(format!(
+                "{F}: topic {t:?} is not a valid Kafka topic name (1–249 of letters, digits, '.', '_', '-')"
+            ));
+        }
+    }
+    p.non_empty(&format!("{F}.consumerGroup"), &k.consumer_group, Some(255));
+    if k.allow_idle_consumers && k.limit_to_partitions_with_lag {
+        p.add(format!(
+            "{F}: allowIdleConsumers and limitToPartitionsWithLag exclude each other"
+        ));
+    }
+    let cap = if k.allow_idle_consumers {
+        CapMode::None
+    } else if k.limit_to_partitions_with_lag {
+        CapMode::LaggingPartitions
+    } else {
+        CapMode::Partitions
+    };
+    if let Some(t) = &k.tls {
+        if let Some(ca) = &t.ca_secret_ref {
+            p.non_empty(&format!("{F}.tls.caSecretRef.name"), &ca.name, Some(253));
+            p.non_empty(&format!("{F}.tls.caSecretRef.key"), &ca.key, Some(253));
+        }
+        if let Some(c) = &t.client_cert_secret_ref {
+            p.non_empty(
+                &format!("{F}.tls.clientCertSecretRef.name"),
+                &c.name,
+                Some(253),
+            );
+        }
+    }
+    if let Some(s) = &k.sasl {
+        p.non_empty(
+            &format!("{F}.sasl.credentialsSecretRef.name"),
+            &s.credentials_secret_ref.name,
+            Some(253),
+        );
+    }
+    let growth = k.partition_growth.as_ref().map(|g| {
+        if !(1..=10_000).contains(&g.max_partitions) {
+            p.add(format!(
+                "{F}.partitionGrowth.maxPartitions ({}) must be between 1 and 10000",
+                g.max_partitions
+            ));
+        }
+        let cooldown = g
+            .cooldown
+            .as_deref()
+            .and_then(|s| {
+                p.duration(
+                    &format!("{F}.partitionGrowth.cooldown"),
+                    s,
+                    Some(Duration::from_secs(60)),
+                    None,
+                    "at least 1m",
+                )
+            })
+            .unwrap_or(DEFAULT_GROWTH_COOLDOWN);
+        GrowthConfig {
+            auto_increase: g.auto_increase,
+            max_partitions: g.max_partitions,
+            cooldown,
+        }
+    });
+    let dead_letter = k.dead_letter.as_ref().map(|d| {
+        if !kafka_topic_ok(&d.topic) {
+            p.add(format!(
+                "{F}.deadLetter.topic {:?} is not a valid Kafka topic name",
+                d.topic
+            ));
+        }
+        if topics.contains(&d.topic) {
+            p.add(format!(
+                "{F}.deadLetter.topic {:?} must not be a source topic",
+                d.topic
+            ));
+        }
+        let redrive = d.redrive.as_ref().and_then(|r| {
+            p.non_empty(
+                &format!("{F}.deadLetter.redrive.requestId"),
+                &r.request_id,
+                Some(63),
+            );
+            let target = match (&r.target_topic, topics.as_slice()) {
+                (Some(t), _) => Some(t.clone()),
+                (None, [one]) => Some(one.clone()),
+                (None, _) => {
+                    p.add(format!(
+                        "{F}.deadLetter.redrive.targetTopic is required with several topics"
+                    ));
+                    None
+                }
+            };
+            if let Some(t) = &target {
+                if !kafka_topic_ok(t) {
+                    p.add(format!(
+                        "{F}.deadLetter.redrive.targetTopic {t:?} is not a valid Kafka topic name"
+                    ));
+                }
+                if *t == d.topic {
+                    p.add(format!(
+                        "{F}.deadLetter.redrive.targetTopic must differ from the dead-letter topic"
+                    ));
+                }
+            }
+            let rate = match r.max_records_per_second {
+                None => None,
+                Some(n) if n >= 1 => Some(n.unsigned_abs()),
+                Some(n) => {
+                    p.add(format!(
+                        "{F}.deadLetter.redrive.maxRecordsPerSecond ({n}) must be at least 1"
+                    ));
+                    None
+                }
+            };
+            target.map(|target_topic| ValidKafkaRedrive {
+                request_id: r.request_id.clone(),
+                target_topic,
+                max_records_per_second: rate,
+                cancel: r.cancel,
+            })
+        });
+        ValidKafkaDeadLetter {
+            topic: d.topic.clone(),
+            redrive,
+        }
+    });
+    Some(ValidKafka {
+        bootstrap: k.bootstrap_servers.clone(),
+        topics,
+        group: k.consumer_group.clone(),
+        offset_reset: match k.offset_reset_policy {
+            crate::api::KafkaOffsetReset::Latest => OffsetReset::Latest,
+            crate::api::KafkaOffsetReset::Earliest => OffsetReset::Earliest,
+        },
+        cap,
+        tls: k.tls.clone(),
+        sasl: k.sasl.clone(),
+        growth,
         dead_letter,
     })
 }
@@ -1097,14 +1341,87 @@ mod tests {
     #[test]
     fn two_sources_or_an_unsupported_one() {
         let mut v = base();
-        v["source"]["kafka"] = json!({"topic": "t"});
+        v["source"]["kafka"] =
+            json!({"bootstrapServers": ["k:9092"], "topic": "t", "consumerGroup": "g"});
         let p = one_problem(v);
-        assert!(p.contains("kafka not supported"), "{p}");
+        assert!(p.contains("exactly one source must be set, found 2"), "{p}");
+        let mut v = base();
+        v["source"]["pulsar"] = json!({"topic": "t"});
+        let p = one_problem(v);
+        assert!(p.contains("pulsar not supported"), "{p}");
         assert!(p.contains("exactly one source must be set, found 2"), "{p}");
         let v = with(base(), "/source", json!({"kinesis": {"stream": "u"}}));
         let p = one_problem(v);
         assert!(p.contains("kinesis not supported"), "{p}");
         assert!(!p.contains("found"), "{p}");
+    }
+
+    fn kafka_base() -> Value {
+        with(
+            base(),
+            "/source",
+            json!({"kafka": {"bootstrapServers": ["kafka-0.kafka:9092"], "topic": "orders", "consumerGroup": "workers"}}),
+        )
+    }
+
+    #[test]
+    fn kafka_source_defaults_and_caps() {
+        let v = validate(&spec(kafka_base())).expect("valid");
+        let ValidSource::Kafka(k) = v.source else {
+            panic!("not kafka")
+        };
+        use crate::source::kafka::model::{CapMode, OffsetReset};
+        assert_eq!(k.topics, vec!["orders".to_string()]);
+        assert_eq!((k.cap, k.offset_reset), (CapMode::Partitions, OffsetReset::Latest));
+        let v = with(kafka_base(), "/source/kafka/limitToPartitionsWithLag", json!(true));
+        let ValidSource::Kafka(k) = validate(&spec(v)).expect("valid").source else {
+            panic!("not kafka")
+        };
+        assert_eq!(k.cap, CapMode::LaggingPartitions);
+    }
+
+    #[test]
+    fn kafka_bad_inputs_are_named() {
+        let cases = [
+            ("/source/kafka/bootstrapServers", json!(["http://k:9092"]), "is not host:port"),
+            ("/source/kafka/bootstrapServers", json!([]), "at least one host:port"),
+            ("/source/kafka/topic", json!("bad topic"), "not a valid Kafka topic name"),
+            ("/source/kafka/topics", json!(["a"]), "exactly one of topic and topics"),
+            ("/source/kafka/consumerGroup", json!(""), "consumerGroup must not be empty"),
+            ("/source/kafka/allowIdleConsumers", json!(true), ""),
+            ("/source/kafka/partitionGrowth", json!({"maxPartitions": 0}), "maxPartitions (0)"),
+            (
+                "/source/kafka/partitionGrowth",
+                json!({"maxPartitions": 8, "cooldown": "10s"}),
+                "partitionGrowth.cooldown",
+            ),
+            ("/source/kafka/deadLetter", json!({"topic": "orders"}), "must not be a source topic"),
+            (
+                "/source/kafka/deadLetter",
+                json!({"topic": "dlq", "redrive": {"requestId": "r1", "targetTopic": "dlq"}}),
+                "must differ from the dead-letter topic",
+            ),
+        ];
+        for (ptr, value, want) in cases {
+            let v = with(kafka_base(), ptr, value.clone());
+            let res = validate(&spec(v));
+            if want.is_empty() {
+                assert!(res.is_ok(), "{ptr} {value}: {res:?}");
+                continue;
+            }
+            let p = res.expect_err("invalid").problems.join("; ");
+            assert!(p.contains(want), "{ptr} {value}: {p}");
+        }
+        let mut v = with(kafka_base(), "/source/kafka/allowIdleConsumers", json!(true));
+        v["source"]["kafka"]["limitToPartitionsWithLag"] = json!(true);
+        let p = one_problem(v);
+        assert!(p.contains("exclude each other"), "{p}");
+        let mut v = kafka_base();
+        v["source"]["kafka"]["topic"] = Value::Null;
+        v["source"]["kafka"]["topics"] = json!(["a", "b"]);
+        v["source"]["kafka"]["deadLetter"] = json!({"topic": "dlq", "redrive": {"requestId": "r1"}});
+        let p = one_problem(v);
+        assert!(p.contains("targetTopic is required with several topics"), "{p}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! End-to-end tests against real servers started by the project's own scripts:
-//! RabbitMQ (`e2e/rabbitmq.sh`) and the in-repo fake Kubernetes API server.
+//! RabbitMQ (`e2e/rabbitmq.sh`), moto's SQS (`e2e/moto.sh`), tansu's Kafka protocol
+//! (`e2e/kafka.sh`) and the in-repo fake Kubernetes API server.
 //!
 //! One process runs every trial so that one RabbitMQ serves them all; trials that stop
 //! their broker start a private one.
 
+mod kafka;
 mod leader;
 mod operator;
 mod packaging;
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     trials.extend(leader::trials(&env));
     trials.extend(packaging::trials(&env));
     trials.extend(sqs::trials(&env));
+    trials.extend(kafka::trials(&env));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

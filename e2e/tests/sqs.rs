@@ -445,7 +445,9 @@ async fn client_redrive(moto: Arc<Moto>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let _op = cluster.start_operator(ns);
-    let r = completed(&cluster, ns, "jobs", "r1", Duration::from_secs(180)).await?;
+    // moto answers a receive from a 1,000-message queue in about 1.5 s (it scans the queue),
+    // so the move takes minutes on a loaded 2-core machine; the deadline leaves room.
+    let r = completed(&cluster, ns, "jobs", "r1", Duration::from_secs(600)).await?;
     let took = started.elapsed();
     if (r.state.as_str(), r.moved, r.failed, r.duplicates) != ("Completed", 1000, 0, 0) {
         return Err(format!("unexpected outcome: {r:?}"));
@@ -827,7 +829,7 @@ async fn kill_mid_redrive(
         (dlq_at_kill.0, dlq_at_kill.1)
     );
     let _second = OperatorProcess::start(&binary, &kubeconfig, ns, &dir.path().join("second.log"))?;
-    let r = completed(&cluster, ns, "kill", "k1", Duration::from_secs(180)).await?;
+    let r = completed(&cluster, ns, "kill", "k1", Duration::from_secs(600)).await?;
     let dlq_depth = sqs.depth(&dlq).await?;
     let got = sqs.drain(&src).await?;
     let unique: BTreeSet<&str> = got.iter().map(|m| m.body.as_str()).collect();

@@ -198,6 +198,7 @@ impl View<'_> {
             ack_rate: ack,
             consumer_utilisation: None,
             observed_at: timestamp(self.now),
+            replica_cap: None,
         }
     }
 

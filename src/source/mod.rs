@@ -4,6 +4,7 @@
 //! anything and never touch Kubernetes; they are shared by every ScaledConsumer that points at
 //! the same endpoint (one HTTP client per endpoint, no per-object long-lived connections).
 
+pub mod kafka;
 pub mod rabbitmq;
 pub mod sqs;
 
@@ -34,6 +35,17 @@ pub struct Observation {
     pub consumer_utilisation: Option<f64>,
     /// When the reading was taken.
     pub observed_at: Timestamp,
+    /// Most replicas that can do work (Kafka: one consumer per partition), if the source
+    /// knows such a limit.
+    pub replica_cap: Option<ReplicaCap>,
+}
+
+/// A limit on useful replicas that the source knows of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaCap {
+    pub max: i32,
+    /// For the decision's reason, e.g. "4 partitions (more consumers would idle)".
+    pub why: String,
 }
 
 /// Credentials read from a Kubernetes Secret. `Debug` and `Display` never show the password.
@@ -116,6 +128,19 @@ pub enum SourceError {
     /// could be found.
     #[error("AWS rejected or found no credentials at {endpoint}: {detail}")]
     AwsCredentials { endpoint: String, detail: String },
+    /// A Kafka topic does not exist.
+    #[error("topic {topic:?} does not exist at {endpoint}")]
+    KafkaTopicNotFound { endpoint: String, topic: String },
+    /// The consumer group has committed no offset on any partition of its topics, so
+    /// there is nothing to measure lag from (with `offsetResetPolicy: Latest`).
+    #[error(
+        "consumer group {group:?} has no committed offsets on {topics} at {endpoint}: check the group name (an unknown group has none); holding the count"
+    )]
+    KafkaGroupHasNoOffsets {
+        endpoint: String,
+        group: String,
+        topics: String,
+    },
 }
 
 impl SourceError {
@@ -133,6 +158,8 @@ impl SourceError {
             SourceError::InvalidConfig(_) => "InvalidSourceConfig",
             SourceError::SqsQueueNotFound { .. } => "QueueNotFound",
             SourceError::AwsCredentials { .. } => "Unauthorized",
+            SourceError::KafkaTopicNotFound { .. } => "TopicNotFound",
+            SourceError::KafkaGroupHasNoOffsets { .. } => "GroupHasNoOffsets",
         }
     }
 

@@ -1,6 +1,6 @@
 //! Shared fixtures for the end-to-end trials.
 
-pub use nerite_testkit::{cluster, moto, ops, rabbitmq};
+pub use nerite_testkit::{cluster, kafka, moto, ops, rabbitmq};
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 pub struct Env {
     rabbit: Arc<OnceLock<Result<Arc<rabbitmq::RabbitMq>, String>>>,
     moto: Arc<OnceLock<Result<Arc<moto::Moto>, String>>>,
+    kafka: Arc<OnceLock<Result<Arc<kafka::Kafka>, String>>>,
 }
 
 impl Env {
@@ -20,6 +21,13 @@ impl Env {
     pub fn rabbitmq(&self) -> Result<Arc<rabbitmq::RabbitMq>, String> {
         self.rabbit
             .get_or_init(|| rabbitmq::RabbitMq::start().map(Arc::new))
+            .clone()
+    }
+
+    /// The shared Kafka-protocol broker (tansu), started on first use.
+    pub fn kafka(&self) -> Result<Arc<kafka::Kafka>, String> {
+        self.kafka
+            .get_or_init(|| kafka::Kafka::start().map(Arc::new))
             .clone()
     }
 

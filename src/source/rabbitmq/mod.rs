@@ -470,6 +470,7 @@ impl QueueStats {
                 .or(self.consumer_capacity)
                 .filter(|v| v.is_finite()),
             observed_at,
+            replica_cap: None,
         })
     }
 }

@@ -69,11 +69,14 @@ impl SqsReading {
             ack_rate: None,
             consumer_utilisation: None,
             observed_at: self.observed_at,
+            replica_cap: None,
         }
     }
 }
 
-type ReadKey = (String, Option<String>, String, String);
+/// Region, endpoint, queue URL and the whole identity (access key id and secret key): two
+/// objects share a reading only when they would send the very same signed request.
+type ReadKey = (String, Option<String>, String, String, String);
 type ReadSlot = Arc<tokio::sync::Mutex<Option<(Instant, SqsReading)>>>;
 
 /// The SQS side of nerite: shared clients, the last reading of each queue, running redrives.
@@ -161,6 +164,11 @@ impl SqsApi {
                 .as_ref()
                 .map(|c| c.username.clone())
                 .unwrap_or_default(),
+            target
+                .credentials
+                .as_ref()
+                .map(|c| c.password().to_string())
+                .unwrap_or_default(),
         );
         let slot = {
             let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,6 +197,11 @@ impl SqsApi {
                 .credentials
                 .as_ref()
                 .map(|c| c.username.clone())
+                .unwrap_or_default(),
+            target
+                .credentials
+                .as_ref()
+                .map(|c| c.password().to_string())
                 .unwrap_or_default(),
         );
         let slot = self

@@ -1,0 +1,550 @@
+//! Kafka end to end: a Kafka-protocol broker (tansu, `e2e/kafka.sh`), the confluent-kafka
+//! test driver, the fake Kubernetes API server and nerite's controller — lag accuracy, a
+//! real rebalance, partition growth against a broker without CreatePartitions, redrive of a
+//! dead-letter topic (with an operator kill), and bad inputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+use nerite::api::{KafkaStatus, ScaledConsumerStatus};
+use serde_json::{Value, json};
+
+use crate::support::Env;
+use crate::support::cluster::{Cluster, blocking, condition, eventually};
+use crate::support::kafka::Kafka;
+
+pub fn trials(env: &Env) -> Vec<Trial> {
+    let mut trials = Vec::new();
+    let with_kafka = |name: &str, env: &Env, f: fn(Arc<Kafka>) -> Result<(), String>| {
+        let e = env.clone();
+        Trial::test(format!("kafka::{name}"), move || {
+            let kafka = e.kafka()?;
+            f(kafka).map_err(Failed::from)
+        })
+    };
+    trials.push(with_kafka(
+        "lag_matches_committed_offsets_and_caps_at_partitions",
+        env,
+        |k| run(lag_accuracy(k)),
+    ));
+    trials.push(with_kafka(
+        "a_rebalance_does_not_disturb_the_readings",
+        env,
+        |k| run(rebalance(k)),
+    ));
+    trials.push(with_kafka(
+        "partition_growth_without_create_partitions_keeps_scaling",
+        env,
+        |k| run(growth_unsupported(k)),
+    ));
+    trials.push(with_kafka("bad_inputs_get_clear_conditions", env, |k| {
+        let guarded = Kafka::start_with_users(&[("alice", "wonderland")])?;
+        run(bad_inputs(k, Arc::new(guarded)))
+    }));
+    trials
+}
+
+fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(fut)
+}
+
+fn source(kafka: &Kafka, topic: &str, group: &str) -> Value {
+    json!({
+        "bootstrapServers": [kafka.bootstrap()],
+        "topic": topic,
+        "consumerGroup": group,
+    })
+}
+
+fn spec(deployment: &str, kafka: Value, per_replica: i64) -> Value {
+    json!({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+        "minReplicas": 1,
+        "maxReplicas": 20,
+        "source": {"kafka": kafka},
+        "objective": {"backlogPerReplica": per_replica},
+        "behavior": {"pollInterval": "1s", "scaleDown": {"stabilizationWindow": "0s"}}
+    })
+}
+
+async fn setup(cluster: &Cluster, ns: &str, deployments: &[(&str, i32)]) -> Result<(), String> {
+    cluster.namespace(ns).await?;
+    for (d, n) in deployments {
+        cluster.deployment(ns, d, *n).await?;
+    }
+    Ok(())
+}
+
+/// Each trial uses its own topic names on the shared broker.
+async fn topic(
+    kafka: &Arc<Kafka>,
+    name: &str,
+    partitions: i32,
+    counts: &[i64],
+) -> Result<(), String> {
+    let k = kafka.clone();
+    let (name, counts) = (name.to_string(), counts.to_vec());
+    blocking(move || {
+        k.create_topic(&name, partitions)?;
+        if counts.iter().any(|c| *c > 0) {
+            k.produce(&name, &counts)?;
+        }
+        Ok::<_, String>(())
+    })
+    .await?
+}
+
+async fn commit(
+    kafka: &Arc<Kafka>,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), String> {
+    let k = kafka.clone();
+    let (g, t, o) = (group.to_string(), topic.to_string(), offsets.to_vec());
+    blocking(move || k.commit(&g, &t, &o)).await?
+}
+
+async fn kafka_status(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+) -> Result<Option<KafkaStatus>, String> {
+    Ok(cluster.status(ns, name).await?.kafka)
+}
+
+/// The status and events of an object, for failure messages.
+async fn dump(cluster: &Cluster, ns: &str, name: &str) -> String {
+    let status = cluster
+        .status(ns, name)
+        .await
+        .map(|s| serde_json::to_string(&s).unwrap_or_default())
+        .unwrap_or_else(|e| e);
+    let events: Vec<String> = cluster
+        .events_for(ns, name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect();
+    format!("\n  status: {status}\n  events: {events:#?}")
+}
+
+async fn wait_status<T>(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&ScaledConsumerStatus) -> Option<T>,
+) -> Result<T, String> {
+    match eventually(what, timeout, || async {
+        Ok(f(&cluster.status(ns, name).await?))
+    })
+    .await
+    {
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("{e}{}", dump(cluster, ns, name).await)),
+    }
+}
+
+async fn wait_replicas(
+    cluster: &Cluster,
+    ns: &str,
+    d: &str,
+    want: i32,
+    timeout: Duration,
+) -> Result<(), String> {
+    eventually(&format!("{d} at {want} replicas"), timeout, || async {
+        Ok((cluster.replicas(ns, d).await? == want).then_some(()))
+    })
+    .await
+}
+
+async fn patch_kafka(cluster: &Cluster, ns: &str, name: &str, kafka: Value) -> Result<(), String> {
+    cluster
+        .patch_scaled_consumer(ns, name, json!({"spec": {"source": {"kafka": kafka}}}))
+        .await
+}
+
+/// 6,000 lag on 4 partitions at 1,000 per replica: 6 wanted, capped at 4; each
+/// per-partition figure exact; the caps move with `limitToPartitionsWithLag` and
+/// `allowIdleConsumers`.
+async fn lag_accuracy(kafka: Arc<Kafka>) -> Result<(), String> {
+    let ns = "kafka-lag";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &[("orders", 1)]).await?;
+    topic(&kafka, "orders", 4, &[2000, 2000, 2000, 3000]).await?;
+    commit(
+        &kafka,
+        "workers",
+        "orders",
+        &[(0, 500), (1, 2000), (2, 500), (3, 0)],
+    )
+    .await?;
+    cluster
+        .scaled_consumer(
+            ns,
+            "orders",
+            spec("orders", source(&kafka, "orders", "workers"), 1000),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let _op = cluster.start_operator(ns);
+
+    let k = wait_status(
+        &cluster,
+        ns,
+        "orders",
+        "a Kafka reading",
+        Duration::from_secs(30),
+        |s| s.kafka.clone().filter(|k| k.partitions == 4),
+    )
+    .await?;
+    let per: Vec<(i32, i64, i64, Option<i64>, i64)> = k
+        .per_partition
+        .iter()
+        .map(|p| (p.partition, p.log_start, p.log_end, p.committed, p.lag))
+        .collect();
+    let want = vec![
+        (0, 0, 2000, Some(500), 1500),
+        (1, 0, 2000, Some(2000), 0),
+        (2, 0, 2000, Some(500), 1500),
+        (3, 0, 3000, Some(0), 3000),
+    ];
+    if per != want || k.total_lag != 6000 || k.lagging_partitions != 3 {
+        return Err(format!(
+            "readings {per:?} total {} lagging {}, want {want:?} / 6000 / 3",
+            k.total_lag, k.lagging_partitions
+        ));
+    }
+    wait_replicas(&cluster, ns, "orders", 4, Duration::from_secs(30)).await?;
+    let s = cluster.status(ns, "orders").await?;
+    let reason = s.reason.clone().unwrap_or_default();
+    if !reason.contains("backlog 6000 at 1000/replica → 6")
+        || !reason.contains("capped at 4 partitions")
+    {
+        return Err(format!("reason does not explain the cap: {reason}"));
+    }
+    let limited = condition(&s, "ScalingLimited").map(|c| c.reason.clone());
+    if limited.as_deref() != Some("AtPartitionCount") {
+        return Err(format!(
+            "ScalingLimited reason {limited:?}, want AtPartitionCount"
+        ));
+    }
+    println!("  4 partitions, lag [1500, 0, 1500, 3000] = 6000 exact; {reason}");
+
+    // Without opt-in, growth is only recommended (after the rates are measured).
+    let rec = wait_status(
+        &cluster,
+        ns,
+        "orders",
+        "a partition recommendation",
+        Duration::from_secs(30),
+        |s| {
+            condition(s, "PartitionGrowth")
+                .filter(|c| c.reason == "Recommended")
+                .map(|c| c.message.clone())
+        },
+    )
+    .await?;
+    println!("  PartitionGrowth=Recommended: {rec}");
+
+    patch_kafka(
+        &cluster,
+        ns,
+        "orders",
+        json!({"limitToPartitionsWithLag": true}),
+    )
+    .await?;
+    wait_replicas(&cluster, ns, "orders", 3, Duration::from_secs(30)).await?;
+    let r = cluster
+        .status(ns, "orders")
+        .await?
+        .reason
+        .unwrap_or_default();
+    if !r.contains("3 partitions with lag") {
+        return Err(format!("reason after limitToPartitionsWithLag: {r}"));
+    }
+    patch_kafka(
+        &cluster,
+        ns,
+        "orders",
+        json!({"limitToPartitionsWithLag": null, "allowIdleConsumers": true}),
+    )
+    .await?;
+    wait_replicas(&cluster, ns, "orders", 6, Duration::from_secs(30)).await?;
+    println!("  limitToPartitionsWithLag → 3 replicas; allowIdleConsumers → 6");
+
+    // Consumption shows up as lag going down and a consume rate.
+    commit(
+        &kafka,
+        "workers",
+        "orders",
+        &[(0, 2000), (1, 2000), (2, 2000), (3, 3000)],
+    )
+    .await?;
+    wait_replicas(&cluster, ns, "orders", 1, Duration::from_secs(30)).await?;
+    let k = kafka_status(&cluster, ns, "orders")
+        .await?
+        .ok_or("no kafka status")?;
+    if k.total_lag != 0 {
+        return Err(format!("lag after full commit: {}", k.total_lag));
+    }
+    println!("  all committed → lag 0, back to 1 replica");
+    Ok(())
+}
+
+/// Two real members join the group (a rebalance) while nerite reads every second: the
+/// readings stay exact and no read fails.
+async fn rebalance(kafka: Arc<Kafka>) -> Result<(), String> {
+    let ns = "kafka-rebalance";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &[("payments", 1)]).await?;
+    topic(&kafka, "payments", 4, &[1000, 1000, 1000, 1000]).await?;
+    commit(
+        &kafka,
+        "payers",
+        "payments",
+        &[(0, 100), (1, 200), (2, 300), (3, 400)],
+    )
+    .await?;
+    cluster
+        .scaled_consumer(
+            ns,
+            "payments",
+            spec("payments", source(&kafka, "payments", "payers"), 1000),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let _op = cluster.start_operator(ns);
+    let want_lag = 900 + 800 + 700 + 600;
+    wait_status(
+        &cluster,
+        ns,
+        "payments",
+        "the first reading",
+        Duration::from_secs(30),
+        |s| {
+            s.kafka
+                .as_ref()
+                .filter(|k| k.total_lag == want_lag)
+                .map(|_| ())
+        },
+    )
+    .await?;
+
+    let k = kafka.clone();
+    let members = blocking(move || k.members("payers", "payments", 2)).await??;
+    // Watch through the joins: every reading exact, no failures.
+    let mut seen = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    let mut readings = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        let s = cluster.status(ns, "payments").await?;
+        let k = s.kafka.clone().unwrap_or_default();
+        if let Some(o) = &s.last_observation {
+            seen.insert(o.observed_at.clone());
+        }
+        if k.total_lag != want_lag || s.consecutive_failures.unwrap_or(0) != 0 {
+            members.stop();
+            return Err(format!(
+                "reading disturbed during the rebalance: lag {} failures {:?}{}",
+                k.total_lag,
+                s.consecutive_failures,
+                dump(&cluster, ns, "payments").await
+            ));
+        }
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let events = members.events();
+    let assigned: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.get("assigned").is_some())
+        .collect();
+    let both = events
+        .iter()
+        .any(|e| e.get("member") == Some(&json!(1)) && e.get("assigned").is_some());
+    blocking(move || members.stop()).await?;
+    if !both {
+        return Err(format!(
+            "the second member never got an assignment: {events:?}"
+        ));
+    }
+    println!(
+        "  {} assignments across 2 members (a rebalance); {} distinct readings, all lag {want_lag}, no failed read ({readings} checks)",
+        assigned.len(),
+        seen.len()
+    );
+    if seen.len() < 5 {
+        return Err(format!("only {} readings during the rebalance", seen.len()));
+    }
+    Ok(())
+}
+
+/// autoIncrease against a broker that does not offer CreatePartitions: a clear condition and
+/// an Event; replicas still scale to the partition count.
+async fn growth_unsupported(kafka: Arc<Kafka>) -> Result<(), String> {
+    let ns = "kafka-growth";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &[("events", 1)]).await?;
+    topic(&kafka, "events", 2, &[5000, 5000]).await?;
+    commit(&kafka, "ev", "events", &[(0, 0), (1, 0)]).await?;
+    let mut src = source(&kafka, "events", "ev");
+    src["partitionGrowth"] = json!({"autoIncrease": true, "maxPartitions": 8, "cooldown": "1m"});
+    cluster
+        .scaled_consumer(ns, "events", spec("events", src, 1000))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _op = cluster.start_operator(ns);
+    wait_replicas(&cluster, ns, "events", 2, Duration::from_secs(30)).await?;
+    let msg = wait_status(
+        &cluster,
+        ns,
+        "events",
+        "PartitionGrowth=False BrokerUnsupported",
+        Duration::from_secs(40),
+        |s| {
+            condition(s, "PartitionGrowth")
+                .filter(|c| c.status == "False" && c.reason == "BrokerUnsupported")
+                .map(|c| c.message.clone())
+        },
+    )
+    .await?;
+    if !msg.contains("CreatePartitions") {
+        return Err(format!(
+            "condition message does not name CreatePartitions: {msg}"
+        ));
+    }
+    let events = cluster.events_for(ns, "events").await?;
+    if !events
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("PartitionGrowthFailed"))
+    {
+        return Err(format!(
+            "no PartitionGrowthFailed Event{}",
+            dump(&cluster, ns, "events").await
+        ));
+    }
+    // Scaling continues: more lag is still followed (within the cap), the status stays Ready.
+    let s = cluster.status(ns, "events").await?;
+    if condition(&s, "Ready").map(|c| c.status.as_str()) != Some("True")
+        || cluster.replicas(ns, "events").await? != 2
+    {
+        return Err(format!(
+            "scaling disturbed{}",
+            dump(&cluster, ns, "events").await
+        ));
+    }
+    println!(
+        "  PartitionGrowth=False BrokerUnsupported: {msg}; replicas stay at the 2 partitions, Ready=True"
+    );
+    Ok(())
+}
+
+/// Unreachable bootstrap servers, unknown topic, unknown group, wrong SASL password: each a
+/// clear condition and the count held; the right password reads.
+async fn bad_inputs(kafka: Arc<Kafka>, guarded: Arc<Kafka>) -> Result<(), String> {
+    let ns = "kafka-bad";
+    let cluster = Cluster::fake(true).await?;
+    let names = [
+        "unreachable",
+        "unknown-topic",
+        "unknown-group",
+        "wrong-password",
+        "right-password",
+    ];
+    let deployments: Vec<(&str, i32)> = names.iter().map(|n| (*n, 3)).collect();
+    setup(&cluster, ns, &deployments).await?;
+    cluster
+        .secret(ns, "kafka-wrong", "alice", "not-the-password")
+        .await?;
+    cluster
+        .secret(ns, "kafka-right", "alice", "wonderland")
+        .await?;
+    topic(&kafka, "known", 2, &[10, 10]).await?;
+    commit(&kafka, "known-group", "known", &[(0, 0), (1, 0)]).await?;
+    let [dead_port] = nerite_testkit::rabbitmq::free_ports::<1>()?;
+    let specs = [
+        (
+            "unreachable",
+            json!({"bootstrapServers": [format!("127.0.0.1:{dead_port}")], "topic": "known", "consumerGroup": "known-group"}),
+        ),
+        (
+            "unknown-topic",
+            source(&kafka, "no-such-topic", "known-group"),
+        ),
+        ("unknown-group", source(&kafka, "known", "no-such-group")),
+        (
+            "wrong-password",
+            json!({"bootstrapServers": [guarded.bootstrap()], "topic": "known", "consumerGroup": "g",
+            "sasl": {"mechanism": "ScramSha512", "credentialsSecretRef": {"name": "kafka-wrong"}}}),
+        ),
+        (
+            "right-password",
+            json!({"bootstrapServers": [guarded.bootstrap()], "topic": "absent", "consumerGroup": "g",
+            "sasl": {"mechanism": "ScramSha512", "credentialsSecretRef": {"name": "kafka-right"}}}),
+        ),
+    ];
+    for (name, src) in &specs {
+        cluster
+            .scaled_consumer(ns, name, spec(name, src.clone(), 100))
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    let _op = cluster.start_operator(ns);
+    let want = [
+        ("unreachable", "Unreachable"),
+        ("unknown-topic", "TopicNotFound"),
+        ("unknown-group", "GroupHasNoOffsets"),
+        ("wrong-password", "Unauthorized"),
+        // Logged in: the broker answers, and the topic it is asked about does not exist.
+        ("right-password", "TopicNotFound"),
+    ];
+    for (name, reason) in want {
+        let msg = wait_status(
+            &cluster,
+            ns,
+            name,
+            &format!("{name}: SourceReachable=False {reason}"),
+            Duration::from_secs(40),
+            |s| {
+                condition(s, "SourceReachable")
+                    .filter(|c| c.status == "False" && c.reason == reason)
+                    .map(|c| c.message.clone())
+            },
+        )
+        .await?;
+        if msg.contains("not-the-password") || msg.contains("wonderland") {
+            return Err(format!(
+                "{name}: a password leaked into the condition: {msg}"
+            ));
+        }
+        let replicas = cluster.replicas(ns, name).await?;
+        if replicas != 3 {
+            return Err(format!("{name}: count changed to {replicas} on bad input"));
+        }
+        let events = cluster.events_for(ns, name).await?;
+        if !events.iter().any(|e| e.reason.as_deref() == Some(reason)) {
+            return Err(format!(
+                "{name}: no {reason} Event{}",
+                dump(&cluster, ns, name).await
+            ));
+        }
+        println!("  {name}: SourceReachable=False {reason}: {msg}");
+    }
+    Ok(())
+}
