@@ -1007,8 +1007,9 @@ pub struct KafkaDeadLetter {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaRedrive {
-    /// Each new value copies the records the dead-letter topic holds at that moment back
-    /// once (never twice for the same value).
+    /// Each new value copies the records that reached the dead-letter topic since the
+    /// previous request (all retained ones for the first) back once, never twice for the
+    /// same value.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -1162,6 +1163,10 @@ pub struct KafkaRedriveStatus {
     /// One line on the outcome or the current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Per dead-letter partition, where this request starts: the previous request's stop
+    /// offset (records redriven before are not copied again), else the log start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub start_offsets: BTreeMap<String, i64>,
     /// Per dead-letter partition, the end offset at the start (copy up to it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stop_offsets: BTreeMap<String, i64>,

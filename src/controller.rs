@@ -337,6 +337,7 @@ fn prune_deleted(ctx: &Context) {
         keep
     });
     ctx.rabbitmq_extras.retain(|k| live.contains(k));
+    ctx.kafka.retain(|k| live.contains(k));
 }
 
 async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action> {
@@ -555,7 +556,8 @@ async fn tick(
                     sc,
                     key,
                     spec: k,
-                    read: kafka_read.as_ref().map(|(t, r)| (t, r)),
+                    target: kafka_read.as_ref().map(|(t, _)| t),
+                    reading: kafka_read.as_ref().and_then(|(_, r)| r.as_ref()),
                     decision: &decision,
                     current,
                     policy: cfg,
@@ -619,7 +621,8 @@ fn source_kind(source: &ValidSource) -> &'static str {
 struct Observed {
     result: Result<Observation>,
     rabbitmq: Option<RabbitMqTarget>,
-    kafka: Option<(KafkaTarget, KafkaReading)>,
+    /// The Kafka target (also when the read failed) and the reading.
+    kafka: Option<(KafkaTarget, Option<KafkaReading>)>,
 }
 
 impl Observed {
@@ -695,7 +698,7 @@ async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Observed 
                 Ok(reading) => Observed {
                     result: Ok(reading.observation(target.cap)),
                     rabbitmq: None,
-                    kafka: Some((target, reading)),
+                    kafka: Some((target, Some(reading))),
                 },
                 Err(e) => {
                     if let (SourceErrorReason::Unauthorized, Some(s)) =
@@ -704,7 +707,11 @@ async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Observed 
                         ctx.kube
                             .forget_secret(namespace, &s.credentials_secret_ref.name);
                     }
-                    Observed::plain(Err(Error::from(e)))
+                    Observed {
+                        result: Err(Error::from(e)),
+                        rabbitmq: None,
+                        kafka: Some((target, None)),
+                    }
                 }
             }
         }

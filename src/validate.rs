@@ -1372,8 +1372,15 @@ mod tests {
         };
         use crate::source::kafka::model::{CapMode, OffsetReset};
         assert_eq!(k.topics, vec!["orders".to_string()]);
-        assert_eq!((k.cap, k.offset_reset), (CapMode::Partitions, OffsetReset::Latest));
-        let v = with(kafka_base(), "/source/kafka/limitToPartitionsWithLag", json!(true));
+        assert_eq!(
+            (k.cap, k.offset_reset),
+            (CapMode::Partitions, OffsetReset::Latest)
+        );
+        let v = with(
+            kafka_base(),
+            "/source/kafka/limitToPartitionsWithLag",
+            json!(true),
+        );
         let ValidSource::Kafka(k) = validate(&spec(v)).expect("valid").source else {
             panic!("not kafka")
         };
@@ -1383,19 +1390,47 @@ mod tests {
     #[test]
     fn kafka_bad_inputs_are_named() {
         let cases = [
-            ("/source/kafka/bootstrapServers", json!(["http://k:9092"]), "is not host:port"),
-            ("/source/kafka/bootstrapServers", json!([]), "at least one host:port"),
-            ("/source/kafka/topic", json!("bad topic"), "not a valid Kafka topic name"),
-            ("/source/kafka/topics", json!(["a"]), "exactly one of topic and topics"),
-            ("/source/kafka/consumerGroup", json!(""), "consumerGroup must not be empty"),
+            (
+                "/source/kafka/bootstrapServers",
+                json!(["http://k:9092"]),
+                "is not host:port",
+            ),
+            (
+                "/source/kafka/bootstrapServers",
+                json!([]),
+                "at least one host:port",
+            ),
+            (
+                "/source/kafka/topic",
+                json!("bad topic"),
+                "not a valid Kafka topic name",
+            ),
+            (
+                "/source/kafka/topics",
+                json!(["a"]),
+                "exactly one of topic and topics",
+            ),
+            (
+                "/source/kafka/consumerGroup",
+                json!(""),
+                "consumerGroup must not be empty",
+            ),
             ("/source/kafka/allowIdleConsumers", json!(true), ""),
-            ("/source/kafka/partitionGrowth", json!({"maxPartitions": 0}), "maxPartitions (0)"),
+            (
+                "/source/kafka/partitionGrowth",
+                json!({"maxPartitions": 0}),
+                "maxPartitions (0)",
+            ),
             (
                 "/source/kafka/partitionGrowth",
                 json!({"maxPartitions": 8, "cooldown": "10s"}),
                 "partitionGrowth.cooldown",
             ),
-            ("/source/kafka/deadLetter", json!({"topic": "orders"}), "must not be a source topic"),
+            (
+                "/source/kafka/deadLetter",
+                json!({"topic": "orders"}),
+                "must not be a source topic",
+            ),
             (
                 "/source/kafka/deadLetter",
                 json!({"topic": "dlq", "redrive": {"requestId": "r1", "targetTopic": "dlq"}}),
@@ -1412,16 +1447,24 @@ mod tests {
             let p = res.expect_err("invalid").problems.join("; ");
             assert!(p.contains(want), "{ptr} {value}: {p}");
         }
-        let mut v = with(kafka_base(), "/source/kafka/allowIdleConsumers", json!(true));
+        let mut v = with(
+            kafka_base(),
+            "/source/kafka/allowIdleConsumers",
+            json!(true),
+        );
         v["source"]["kafka"]["limitToPartitionsWithLag"] = json!(true);
         let p = one_problem(v);
         assert!(p.contains("exclude each other"), "{p}");
         let mut v = kafka_base();
         v["source"]["kafka"]["topic"] = Value::Null;
         v["source"]["kafka"]["topics"] = json!(["a", "b"]);
-        v["source"]["kafka"]["deadLetter"] = json!({"topic": "dlq", "redrive": {"requestId": "r1"}});
+        v["source"]["kafka"]["deadLetter"] =
+            json!({"topic": "dlq", "redrive": {"requestId": "r1"}});
         let p = one_problem(v);
-        assert!(p.contains("targetTopic is required with several topics"), "{p}");
+        assert!(
+            p.contains("targetTopic is required with several topics"),
+            "{p}"
+        );
     }
 
     #[test]

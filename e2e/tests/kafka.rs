@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{KafkaStatus, ScaledConsumerStatus};
+use nerite::api::{KafkaRedriveStatus, KafkaStatus, ScaledConsumerStatus};
+use nerite_testkit::ops::OperatorProcess;
 use serde_json::{Value, json};
 
 use crate::support::Env;
@@ -37,6 +38,20 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         "partition_growth_without_create_partitions_keeps_scaling",
         env,
         |k| run(growth_unsupported(k)),
+    ));
+    trials.push(with_kafka(
+        "redrive_copies_1000_records_once_per_request",
+        env,
+        |k| run(redrive(k)),
+    ));
+    let binary = Arc::new(crate::support::binary_copy());
+    let e = env.clone();
+    trials.push(Trial::test(
+        "kafka::operator_kill_mid_redrive_loses_nothing",
+        move || {
+            let kafka = e.kafka()?;
+            run(kill_mid_redrive(kafka, binary.clone())).map_err(Failed::from)
+        },
     ));
     trials.push(with_kafka("bad_inputs_get_clear_conditions", env, |k| {
         let guarded = Kafka::start_with_users(&[("alice", "wonderland")])?;
@@ -545,6 +560,316 @@ async fn bad_inputs(kafka: Arc<Kafka>, guarded: Arc<Kafka>) -> Result<(), String
             ));
         }
         println!("  {name}: SourceReachable=False {reason}: {msg}");
+    }
+    Ok(())
+}
+
+fn redrive_spec(kafka: &Kafka, topic: &str, dlq: &str, group: &str, redrive: Value) -> Value {
+    let mut src = source(kafka, topic, group);
+    src["deadLetter"] = json!({"topic": dlq, "redrive": redrive});
+    src
+}
+
+async fn redrive_status(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+) -> Result<Option<KafkaRedriveStatus>, String> {
+    Ok(kafka_status(cluster, ns, name)
+        .await?
+        .and_then(|k| k.redrive))
+}
+
+async fn redrive_done(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    request: &str,
+    timeout: Duration,
+) -> Result<KafkaRedriveStatus, String> {
+    match eventually(
+        &format!("redrive {request} of {name} to end"),
+        timeout,
+        || async {
+            Ok(redrive_status(cluster, ns, name)
+                .await?
+                .filter(|r| r.request_id == request && r.state != "Running"))
+        },
+    )
+    .await
+    {
+        Ok(r) => Ok(r),
+        Err(e) => Err(format!("{e}{}", dump(cluster, ns, name).await)),
+    }
+}
+
+/// Records of a topic: key → (partition, value, headers), and how many copies of each key.
+async fn records_of(kafka: &Arc<Kafka>, topic: &str) -> Result<Vec<Value>, String> {
+    let k = kafka.clone();
+    let t = topic.to_string();
+    blocking(move || k.dump(&t)).await?
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Each DLQ key exactly once on the target, with its value, its headers and the partition
+/// librdkafka's murmur2 partitioner chose for it (both topics have 4 partitions).
+fn check_copies(dlq: &[Value], target: &[Value], prefix: &str) -> Result<(usize, usize), String> {
+    use std::collections::BTreeMap;
+    let mut want: BTreeMap<&str, &Value> = BTreeMap::new();
+    for r in dlq.iter().filter(|r| str_of(r, "key").starts_with(prefix)) {
+        want.insert(str_of(r, "key"), r);
+    }
+    let mut got: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for r in target
+        .iter()
+        .filter(|r| str_of(r, "key").starts_with(prefix))
+    {
+        got.entry(str_of(r, "key")).or_default().push(r);
+    }
+    let missing: Vec<&&str> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} keys missing on the target, e.g. {missing:?}",
+            want.keys().filter(|k| !got.contains_key(*k)).count()
+        ));
+    }
+    let duplicates: usize = got.values().map(|v| v.len().saturating_sub(1)).sum();
+    for (key, copies) in &got {
+        let Some(orig) = want.get(key) else {
+            return Err(format!("unexpected key {key} on the target"));
+        };
+        for c in copies {
+            if str_of(c, "value") != str_of(orig, "value") {
+                return Err(format!("value of {key} changed: {c}"));
+            }
+            let h = &c["headers"];
+            if h["origin"] != json!("checkout") {
+                return Err(format!("header of {key} lost: {c}"));
+            }
+            if h["nerite-redrive-origin"].as_str().is_none() {
+                return Err(format!("no origin header on {key}: {c}"));
+            }
+            if c["partition"] != orig["partition"] {
+                return Err(format!(
+                    "{key} went to partition {} but the producer's partitioner chose {}",
+                    c["partition"], orig["partition"]
+                ));
+            }
+        }
+    }
+    Ok((want.len(), duplicates))
+}
+
+/// 1,000 keyed records in the DLQ: all on the source topic once, keys, values and headers
+/// kept, same partitioning as the producer's; the same request id never runs again; a new
+/// id copies only what arrived since.
+async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
+    let ns = "kafka-redrive";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &[("retry", 1)]).await?;
+    topic(&kafka, "retry", 4, &[0, 0, 0, 0]).await?;
+    topic(&kafka, "retry.dlq", 4, &[0, 0, 0, 0]).await?;
+    let k = kafka.clone();
+    blocking(move || k.produce_keyed("retry.dlq", 1000, "r")).await??;
+    commit(
+        &kafka,
+        "retry-workers",
+        "retry",
+        &[(0, 0), (1, 0), (2, 0), (3, 0)],
+    )
+    .await?;
+    let spec_r = |id: &str| {
+        spec(
+            "retry",
+            redrive_spec(
+                &kafka,
+                "retry",
+                "retry.dlq",
+                "retry-workers",
+                json!({"requestId": id}),
+            ),
+            100,
+        )
+    };
+    cluster
+        .scaled_consumer(ns, "retry", spec_r("r1"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let _op = cluster.start_operator(ns);
+    let r = redrive_done(&cluster, ns, "retry", "r1", Duration::from_secs(180)).await?;
+    let took = started.elapsed();
+    if (r.state.as_str(), r.moved, r.to_copy, r.failed, r.duplicates)
+        != ("Completed", 1000, 1000, 0, 0)
+    {
+        return Err(format!("unexpected outcome: {r:?}"));
+    }
+    let dlq = records_of(&kafka, "retry.dlq").await?;
+    let target = records_of(&kafka, "retry").await?;
+    let (n, dups) = check_copies(&dlq, &target, "r-")?;
+    if (n, dups, target.len()) != (1000, 0, 1000) {
+        return Err(format!(
+            "{n} keys, {dups} duplicates, {} records on the target",
+            target.len()
+        ));
+    }
+    let depth = kafka_status(&cluster, ns, "retry")
+        .await?
+        .and_then(|k| k.dead_letter)
+        .and_then(|d| d.depth);
+    println!(
+        "  1000 copied in {:.1}s (operator start to completion), each key once, values, headers and partitions kept; DLQ depth in status {depth:?}",
+        took.as_secs_f64()
+    );
+
+    // r1 never runs again; r2 copies only the 5 records that arrived since.
+    let k = kafka.clone();
+    blocking(move || k.produce_keyed("retry.dlq", 5, "late")).await??;
+    cluster
+        .patch_scaled_consumer(
+            ns,
+            "retry",
+            json!({"spec": {"behavior": {"pollInterval": "2s"}}}),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = records_of(&kafka, "retry").await?;
+    if again.len() != 1000 {
+        return Err(format!(
+            "r1 ran again: {} records on the target",
+            again.len()
+        ));
+    }
+    patch_kafka(
+        &cluster,
+        ns,
+        "retry",
+        json!({"deadLetter": {"topic": "retry.dlq", "redrive": {"requestId": "r2"}}}),
+    )
+    .await?;
+    let r2 = redrive_done(&cluster, ns, "retry", "r2", Duration::from_secs(120)).await?;
+    let after = records_of(&kafka, "retry").await?;
+    if (r2.state.as_str(), r2.moved, after.len()) != ("Completed", 5, 1005) {
+        return Err(format!("r2: {r2:?}, {} records on the target", after.len()));
+    }
+    println!("  r1 did not run again after a spec change; r2 copied only the 5 new records");
+    Ok(())
+}
+
+/// The operator process is killed mid-redrive and started again: every record reaches the
+/// target; duplicates on the target never exceed what the status reports.
+async fn kill_mid_redrive(
+    kafka: Arc<Kafka>,
+    binary: Arc<Result<(tempfile::TempDir, std::path::PathBuf), String>>,
+) -> Result<(), String> {
+    let binary = match binary.as_ref() {
+        Ok((_, path)) => path.clone(),
+        Err(e) => return Err(e.clone()),
+    };
+    let ns = "kafka-kill";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &[("kill", 1)]).await?;
+    topic(&kafka, "kill", 4, &[0, 0, 0, 0]).await?;
+    topic(&kafka, "kill.dlq", 4, &[0, 0, 0, 0]).await?;
+    let k = kafka.clone();
+    blocking(move || k.produce_keyed("kill.dlq", 1000, "k")).await??;
+    commit(
+        &kafka,
+        "kill-workers",
+        "kill",
+        &[(0, 0), (1, 0), (2, 0), (3, 0)],
+    )
+    .await?;
+    cluster
+        .scaled_consumer(
+            ns,
+            "kill",
+            spec(
+                "kill",
+                redrive_spec(
+                    &kafka,
+                    "kill",
+                    "kill.dlq",
+                    "kill-workers",
+                    json!({"requestId": "k1", "maxRecordsPerSecond": 100}),
+                ),
+                100,
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        cluster.kubeconfig_yaml().ok_or("no kubeconfig")?,
+    )
+    .map_err(|e| e.to_string())?;
+    let args = ["--namespace", ns, "--source-timeout", "2"];
+    let mut first = OperatorProcess::start(&binary, &kubeconfig, "first", &args, dir.path())?;
+    // Kill inside a batch: journaled, partly written, not yet committed.
+    let at_kill = eventually(
+        "200 copied and a batch in flight",
+        Duration::from_secs(120),
+        || async {
+            Ok(redrive_status(&cluster, ns, "kill")
+                .await?
+                .filter(|r| r.moved >= 200 && r.journal.is_some()))
+        },
+    )
+    .await;
+    if let Err(e) = at_kill {
+        return Err(format!(
+            "{e}{}\n  operator log: {}",
+            dump(&cluster, ns, "kill").await,
+            first.log_tail(20)
+        ));
+    }
+    first.kill()?;
+    let at_kill = redrive_status(&cluster, ns, "kill")
+        .await?
+        .ok_or("no redrive status")?;
+    let on_target = records_of(&kafka, "kill").await?.len();
+    println!(
+        "  killed the operator (SIGKILL) at {} copied ({} on the target, journal {:?})",
+        at_kill.moved,
+        on_target,
+        at_kill
+            .journal
+            .as_ref()
+            .map(|j| (j.partition, j.from, j.to))
+    );
+    let second = OperatorProcess::start(&binary, &kubeconfig, "second", &args, dir.path())?;
+    let r = match redrive_done(&cluster, ns, "kill", "k1", Duration::from_secs(180)).await {
+        Ok(r) => r,
+        Err(e) => return Err(format!("{e}\n  operator log: {}", second.log_tail(30))),
+    };
+    let dlq = records_of(&kafka, "kill.dlq").await?;
+    let target = records_of(&kafka, "kill").await?;
+    let (n, dups) = check_copies(&dlq, &target, "k-")?;
+    println!(
+        "  after restart: {} — moved {}, reported duplicates {}, skipped as already copied {}; on the target {} records, {n} keys, {dups} duplicates, 0 missing",
+        r.state,
+        r.moved,
+        r.duplicates,
+        r.skipped_already_copied,
+        target.len()
+    );
+    if r.state != "Completed" || n != 1000 || r.moved != 1000 {
+        return Err(format!("unexpected outcome {r:?}"));
+    }
+    if dups as i64 > r.duplicates {
+        return Err(format!(
+            "{dups} duplicates on the target but {} reported",
+            r.duplicates
+        ));
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         env,
         |m| run(partial_failure(m)),
     ));
-    let binary = Arc::new(binary_copy());
+    let binary = Arc::new(crate::support::binary_copy());
     let e = env.clone();
     trials.push(Trial::test(
         "sqs::operator_kill_mid_redrive_loses_nothing",
@@ -722,36 +722,6 @@ impl Drop for OperatorProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A private copy of the `nerite` binary, taken when the suite starts (right after cargo built
-/// it): the build directory may be shared with other builds that replace the binary while the
-/// suite runs. Verified to be this build: its CRD must equal the one in `crds/`.
-fn binary_copy() -> Result<(tempfile::TempDir, std::path::PathBuf), String> {
-    let dir = tempfile::Builder::new()
-        .prefix("nerite-bin-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let binary = dir.path().join("nerite");
-    std::fs::copy(env!("CARGO_BIN_EXE_nerite"), &binary)
-        .map_err(|e| format!("copy nerite: {e}"))?;
-    let crd = Command::new(&binary)
-        .arg("crd")
-        .output()
-        .map_err(|e| format!("nerite crd: {e}"))?;
-    let ours = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crds/scaledconsumers.nerite.dev.yaml"),
-    )
-    .map_err(|e| format!("read crds/: {e}"))?;
-    if String::from_utf8_lossy(&crd.stdout).trim() != ours.trim() {
-        return Err(
-            "the nerite binary in the build directory is not this build (another build in the \
-             same target directory replaced it); run the suite again"
-                .into(),
-        );
-    }
-    Ok((dir, binary))
 }
 
 async fn kill_mid_redrive(

@@ -4,6 +4,7 @@
 //! anything and never touch Kubernetes; they are shared by every ScaledConsumer that points at
 //! the same endpoint (one HTTP client per endpoint, no per-object long-lived connections).
 
+pub mod jobs;
 pub mod kafka;
 pub mod rabbitmq;
 pub mod sqs;

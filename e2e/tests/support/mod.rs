@@ -38,3 +38,32 @@ impl Env {
             .clone()
     }
 }
+
+/// A private copy of the nerite binary of this build, checked to be this build (another
+/// build in the same target directory may replace the original while trials run).
+pub fn binary_copy() -> Result<(tempfile::TempDir, std::path::PathBuf), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("nerite-bin-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let binary = dir.path().join("nerite");
+    std::fs::copy(env!("CARGO_BIN_EXE_nerite"), &binary)
+        .map_err(|e| format!("copy nerite: {e}"))?;
+    let crd = std::process::Command::new(&binary)
+        .arg("crd")
+        .output()
+        .map_err(|e| format!("nerite crd: {e}"))?;
+    let ours = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crds/scaledconsumers.nerite.dev.yaml"),
+    )
+    .map_err(|e| format!("read crds/: {e}"))?;
+    if String::from_utf8_lossy(&crd.stdout).trim() != ours.trim() {
+        return Err(
+            "the nerite binary in the build directory is not this build (another build in the \
+             same target directory replaced it); run the suite again"
+                .into(),
+        );
+    }
+    Ok((dir, binary))
+}

@@ -21,6 +21,8 @@
 pub mod growth;
 pub mod model;
 pub mod reconcile;
+pub mod records;
+pub mod redrive;
 pub mod sasl;
 pub mod wire;
 
@@ -168,6 +170,7 @@ pub struct Shared {
 pub struct KafkaApi {
     timeout: Duration,
     clusters: Mutex<HashMap<Settings, Arc<Shared>>>,
+    pub(crate) redrives: redrive::Redrives,
 }
 
 impl KafkaApi {
@@ -176,11 +179,17 @@ impl KafkaApi {
         Self {
             timeout,
             clusters: Mutex::default(),
+            redrives: redrive::Redrives::default(),
         }
     }
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Forget redrives of ScaledConsumers that no longer exist.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.redrives.retain(keep);
     }
 
     /// The shared cluster for these settings.

@@ -114,8 +114,10 @@ pub struct After<'a> {
     pub sc: &'a ScaledConsumer,
     pub key: &'a str,
     pub spec: &'a ValidKafka,
-    /// The target and this tick's reading; `None` when the read failed.
-    pub read: Option<(&'a KafkaTarget, &'a KafkaReading)>,
+    /// The target (`None` when its Secrets could not be read).
+    pub target: Option<&'a KafkaTarget>,
+    /// This tick's reading (`None` when the read failed).
+    pub reading: Option<&'a KafkaReading>,
     pub decision: &'a Decision,
     pub current: i32,
     pub policy: &'a PolicyConfig,
@@ -132,7 +134,16 @@ impl KafkaApi {
             .unwrap_or_default();
         let prev_cond =
             |t: &str| prev_status.and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned());
-        let Some((target, reading)) = a.read else {
+        let Some(target) = a.target else {
+            return TickOutcome {
+                status: Some(status_for_apply(prev)),
+                conditions: Vec::new(),
+            };
+        };
+        // The redrive needs only the cluster: it runs (and resumes) even while the group
+        // cannot be read.
+        self.supervise_redrive(&a, target);
+        let Some(reading) = a.reading else {
             return TickOutcome {
                 status: Some(status_for_apply(prev)),
                 conditions: Vec::new(),
@@ -255,11 +266,36 @@ impl KafkaApi {
                 None => {}
             }
         }
-        let _ = a.key;
         TickOutcome {
             status: Some(status),
             conditions,
         }
+    }
+}
+
+impl KafkaApi {
+    /// Start, resume or leave the requested redrive of the dead-letter topic.
+    fn supervise_redrive(&self, a: &After<'_>, target: &KafkaTarget) {
+        let Some(d) = &a.spec.dead_letter else {
+            return;
+        };
+        let Some(r) = &d.redrive else {
+            return;
+        };
+        super::redrive::supervise(
+            &self.redrives,
+            super::redrive::Request {
+                sc: a.sc,
+                key: a.key,
+                kube: a.kube,
+                settings: &target.settings,
+                dead_letter_topic: &d.topic,
+                target_topic: &r.target_topic,
+                request_id: &r.request_id,
+                rate: r.max_records_per_second,
+                cancel: r.cancel,
+            },
+        );
     }
 }
 

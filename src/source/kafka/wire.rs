@@ -57,7 +57,8 @@ calls! {
     OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 8;
     OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 8;
     CreatePartitionsRequest => CreatePartitionsResponse, CreatePartitions, 3;
-    FetchRequest => FetchResponse, Fetch, 12;
+    // v12+ is flexible; some brokers (tansu 0.6) send tagged fields v12 does not define.
+    FetchRequest => FetchResponse, Fetch, 11;
     ProduceRequest => ProduceResponse, Produce, 9;
     InitProducerIdRequest => InitProducerIdResponse, InitProducerId, 4;
     SaslHandshakeRequest => SaslHandshakeResponse, SaslHandshake, 1;
