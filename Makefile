@@ -44,8 +44,8 @@ demo: deps
 	$(CARGO) run -q -p nerite-testkit --bin nerite-demo
 
 ## Every benchmark; each prints a table against a baseline measured in the same run.
-.PHONY: bench bench-simulate bench-rabbitmq bench-sqs
-bench: bench-simulate bench-rabbitmq bench-sqs
+.PHONY: bench bench-simulate bench-rabbitmq bench-sqs bench-kafka
+bench: bench-simulate bench-rabbitmq bench-sqs bench-kafka
 
 ## Replay the built-in scenarios through nerite, KEDA + HPA (default and tuned), a static
 ## fleet and an oracle; prints the comparison table and writes one SVG chart per scenario.
@@ -60,6 +60,11 @@ bench-rabbitmq: deps
 ## client vs one client per object.
 bench-sqs: deps
 	$(CARGO) bench --profile dev --bench sqs
+
+## Kafka: requests, bytes and time per tick for one group over 10–1,000 partitions and 100
+## groups on one cluster; nerite's shared reader vs a client per object vs per-partition calls.
+bench-kafka: deps
+	$(CARGO) bench --profile dev --bench kafka
 
 clean:
 	$(CARGO) clean

@@ -8,6 +8,8 @@ Every command prints JSON on stdout; librdkafka's own logging is silenced.
                                       header origin=checkout, partitioned by key (murmur2)
   commit BOOT GROUP TOPIC P:O,...     commit offsets for the group (no membership)
   committed BOOT GROUP TOPIC NPART    print the group's committed offsets
+  commit-groups BOOT TOPIC NPART PREFIX N
+                                      groups PREFIX-0..N-1 commit offset 0 on every partition
   dump BOOT TOPIC                     every record of the topic (partition, offset, key, value,
                                       headers)
   members BOOT GROUP TOPIC N          run N group members (no commits); print assignments as
@@ -82,6 +84,15 @@ def commit(boot, group, topic, offsets):
     res = c.commit(offsets=tps, asynchronous=False)
     c.close()
     out({"committed": [[t.partition, t.offset] for t in res]})
+
+
+def commit_groups(boot, topic, npart, prefix, n):
+    tps = [TopicPartition(topic, p, 0) for p in range(int(npart))]
+    for i in range(int(n)):
+        c = Consumer(conf(boot, **{"group.id": f"{prefix}-{i}", "enable.auto.commit": False}))
+        c.commit(offsets=tps, asynchronous=False)
+        c.close()
+    out({"groups": int(n)})
 
 
 def committed(boot, group, topic, npart):
@@ -175,6 +186,7 @@ def main():
         "produce-keyed": produce_keyed,
         "commit": commit,
         "committed": committed,
+        "commit-groups": commit_groups,
         "dump": dump,
         "members": members,
     }[cmd](*args)
