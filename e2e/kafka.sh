@@ -13,7 +13,8 @@
 #       process is still tansu).
 #
 # Environment: NERITE_KAFKA_OWNER_PID, when set, is a process whose exit stops the broker (so
-# a test run that is killed does not leave brokers behind).
+# a test run that is killed does not leave brokers behind). NERITE_KAFKA_ADVERTISED, when set
+# (host:port), is the address the broker advertises instead of its own (a TLS front).
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -80,7 +81,7 @@ launch() {
     shift 2
     (cd "$dir" && exec setsid "$BIN" broker \
         --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://${NERITE_KAFKA_ADVERTISED:-127.0.0.1:$port}" \
         --storage-engine "sqlite://tansu.db" "$@" </dev/null >>"$dir/tansu.log" 2>&1) &
     local pid=$!
     echo "$pid" >"$dir/tansu.pid"

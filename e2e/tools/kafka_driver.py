@@ -17,6 +17,7 @@ Every command prints JSON on stdout; librdkafka's own logging is silenced.
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,10 @@ QUIET = {"log_level": 0}
 
 def conf(boot, **extra):
     c = {"bootstrap.servers": boot, **QUIET}
+    # Behind a TLS front: speak TLS and trust its CA.
+    if os.environ.get("NERITE_KAFKA_CA"):
+        c["security.protocol"] = "SSL"
+        c["ssl.ca.location"] = os.environ["NERITE_KAFKA_CA"]
     c.update(extra)
     return c
 

@@ -129,6 +129,9 @@ pub enum SourceError {
     /// could be found.
     #[error("AWS rejected or found no credentials at {endpoint}: {detail}")]
     AwsCredentials { endpoint: String, detail: String },
+    /// The TLS handshake failed (untrusted certificate, wrong name, not a TLS listener).
+    #[error("TLS with {endpoint} failed: {detail}")]
+    Tls { endpoint: String, detail: String },
     /// A Kafka topic does not exist.
     #[error("topic {topic:?} does not exist at {endpoint}")]
     KafkaTopicNotFound { endpoint: String, topic: String },
@@ -159,6 +162,7 @@ impl SourceError {
             SourceError::InvalidConfig(_) => "InvalidSourceConfig",
             SourceError::SqsQueueNotFound { .. } => "QueueNotFound",
             SourceError::AwsCredentials { .. } => "Unauthorized",
+            SourceError::Tls { .. } => "TlsFailed",
             SourceError::KafkaTopicNotFound { .. } => "TopicNotFound",
             SourceError::KafkaGroupHasNoOffsets { .. } => "GroupHasNoOffsets",
         }

@@ -20,6 +20,8 @@ use crate::rabbitmq::free_ports;
 pub struct Kafka {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// Behind a TLS front: its port and the CA file the driver trusts.
+    tls: Option<(u16, PathBuf)>,
 }
 
 fn e2e_dir() -> PathBuf {
@@ -27,8 +29,16 @@ fn e2e_dir() -> PathBuf {
 }
 
 fn run_script(args: &[&str]) -> Result<String, String> {
+    run_script_with(args, None)
+}
+
+fn run_script_with(args: &[&str], advertised: Option<&str>) -> Result<String, String> {
     let script = e2e_dir().join("kafka.sh");
-    let out = Command::new("bash")
+    let mut cmd = Command::new("bash");
+    if let Some(a) = advertised {
+        cmd.env("NERITE_KAFKA_ADVERTISED", a);
+    }
+    let out = cmd
         .arg(&script)
         .args(args)
         .env("NERITE_KAFKA_OWNER_PID", std::process::id().to_string())
@@ -66,6 +76,22 @@ impl Kafka {
 
     /// Start a broker that requires SASL (SCRAM-SHA-512) with these `(user, password)`s.
     pub fn start_with_users(users: &[(&str, &str)]) -> Result<Kafka, String> {
+        Self::start_full(users, None)
+    }
+
+    /// Start a broker reachable only through a TLS front (a TLS-terminating proxy on its
+    /// own port, which the broker advertises): clients must speak TLS and trust
+    /// [`TlsFront::ca_pem`]. tansu 0.6 cannot serve TLS itself (its `--cert` and `--key`
+    /// flags exclude each other).
+    pub fn start_behind_tls() -> Result<(Kafka, TlsFront), String> {
+        let front = TlsFront::prepare()?;
+        let mut kafka = Self::start_full(&[], Some(&front))?;
+        front.serve(kafka.port)?;
+        kafka.tls = Some((front.port, front.dir.path().join("ca.crt")));
+        Ok((kafka, front))
+    }
+
+    fn start_full(users: &[(&str, &str)], front: Option<&TlsFront>) -> Result<Kafka, String> {
         let dir = tempfile::Builder::new()
             .prefix("nerite-kafka-")
             .tempdir()
@@ -77,16 +103,32 @@ impl Kafka {
         let logins: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{p}")).collect();
         let mut args = vec!["start", path, port_s.as_str()];
         args.extend(logins.iter().map(String::as_str));
-        run_script(&args)?;
+        let advertised = front.map(|f| format!("127.0.0.1:{}", f.port));
+        run_script_with(&args, advertised.as_deref())?;
         eprintln!(
             "kafka: tansu on 127.0.0.1:{port} ready in {:.1?}",
             started.elapsed()
         );
-        Ok(Kafka { dir, port })
+        Ok(Kafka {
+            dir,
+            port,
+            tls: None,
+        })
     }
 
+    /// Where clients bootstrap (the TLS front when there is one).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((port, _)) => format!("127.0.0.1:{port}"),
+            None => format!("127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The driver's environment: the CA to trust behind a TLS front.
+    fn driver_env(&self, cmd: &mut Command) {
+        if let Some((_, ca)) = &self.tls {
+            cmd.env("NERITE_KAFKA_CA", ca);
+        }
     }
 
     /// Directory with the broker's log.
@@ -96,7 +138,9 @@ impl Kafka {
 
     /// Run one driver command against this broker; its JSON answer (blocking).
     pub fn driver(&self, cmd: &str, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(python()?)
+        let mut command = Command::new(python()?);
+        self.driver_env(&mut command);
+        let out = command
             .arg(e2e_dir().join("tools/kafka_driver.py"))
             .arg(cmd)
             .arg(self.bootstrap())
@@ -153,7 +197,9 @@ impl Kafka {
     /// Start `n` members of a group (the second joins three seconds after the first: a
     /// rebalance). They never commit.
     pub fn members(&self, group: &str, topic: &str, n: usize) -> Result<Members, String> {
-        let mut child = Command::new(python()?)
+        let mut command = Command::new(python()?);
+        self.driver_env(&mut command);
+        let mut child = command
             .arg(e2e_dir().join("tools/kafka_driver.py"))
             .args(["members", &self.bootstrap(), group, topic, &n.to_string()])
             .stdin(Stdio::piped())
@@ -227,5 +273,161 @@ impl Drop for Kafka {
         {
             eprintln!("kafka: stopping the broker failed: {e}");
         }
+    }
+}
+
+/// A TLS-terminating front for a broker: accepts TLS on its port with a certificate for
+/// `127.0.0.1` and `localhost` signed by a throwaway CA, and forwards the bytes to the broker.
+pub struct TlsFront {
+    pub port: u16,
+    /// The CA that signed the front's certificate (PEM).
+    pub ca_pem: String,
+    /// Another CA, which did not (for the wrong-CA trial).
+    pub other_ca_pem: String,
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {}: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl TlsFront {
+    fn prepare() -> Result<TlsFront, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("nerite-tls-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let d = dir.path();
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.crt"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=nerite test {ca}"),
+                ],
+            )?;
+        }
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        )?;
+        std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            .map_err(|e| e.to_string())?;
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        )?;
+        let read = |f: &str| std::fs::read_to_string(d.join(f)).map_err(|e| format!("{f}: {e}"));
+        let [port] = free_ports::<1>()?;
+        Ok(TlsFront {
+            port,
+            ca_pem: read("ca.crt")?,
+            other_ca_pem: read("other-ca.crt")?,
+            dir,
+        })
+    }
+
+    /// Accept TLS on `self.port` and forward to the broker on `upstream`, in a thread of its
+    /// own until the process exits.
+    fn serve(&self, upstream: u16) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let d = self.dir.path();
+        let certs = CertificateDer::pem_file_iter(d.join("server.crt"))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_file(d.join("server.key")).map_err(|e| e.to_string())?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))
+            .map_err(|e| format!("bind {}: {e}", self.port))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let Ok(mut broker) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                        else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                    });
+                }
+            });
+        });
+        Ok(())
     }
 }

@@ -395,6 +395,7 @@ pub fn source_error(e: WireError, endpoint: &str) -> SourceError {
         WireError::Timeout { after, .. } => SourceError::Timeout { endpoint, after },
         WireError::AuthFailed { .. } => SourceError::Unauthorized { endpoint },
         WireError::Config(detail) => SourceError::InvalidConfig(detail),
+        WireError::Tls { detail, .. } => SourceError::Tls { endpoint, detail },
         other => SourceError::Protocol {
             endpoint,
             detail: other.to_string(),
