@@ -11,9 +11,9 @@ use nerite::api::{KafkaRedriveStatus, KafkaStatus, ScaledConsumerStatus};
 use nerite_testkit::ops::OperatorProcess;
 use serde_json::{Value, json};
 
-use crate::support::Env;
 use crate::support::cluster::{Cluster, blocking, condition, eventually};
 use crate::support::kafka::{Kafka, TlsFront};
+use crate::support::{Env, dump, run};
 
 pub fn trials(env: &Env) -> Vec<Trial> {
     let mut trials = Vec::new();
@@ -62,15 +62,6 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         run(bad_inputs(k, Arc::new(guarded)))
     }));
     trials
-}
-
-fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(fut)
 }
 
 fn source(kafka: &Kafka, topic: &str, group: &str) -> Value {
@@ -136,29 +127,6 @@ async fn kafka_status(
     name: &str,
 ) -> Result<Option<KafkaStatus>, String> {
     Ok(cluster.status(ns, name).await?.kafka)
-}
-
-/// The status and events of an object, for failure messages.
-async fn dump(cluster: &Cluster, ns: &str, name: &str) -> String {
-    let status = cluster
-        .status(ns, name)
-        .await
-        .map(|s| serde_json::to_string(&s).unwrap_or_default())
-        .unwrap_or_else(|e| e);
-    let events: Vec<String> = cluster
-        .events_for(ns, name)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect();
-    format!("\n  status: {status}\n  events: {events:#?}")
 }
 
 async fn wait_status<T>(

@@ -12,9 +12,9 @@ use nerite::api::{ScaledConsumer, ScaledConsumerStatus, SqsRedriveStatus};
 use nerite::source::sqs::model::{QueueArn, RedrivePolicy};
 use serde_json::{Value, json};
 
-use crate::support::Env;
 use crate::support::cluster::{Cluster, condition, eventually};
 use crate::support::moto::{Moto, REGION, Sqs, queue_arn, queue_url};
+use crate::support::{Env, dump, run};
 
 pub fn trials(env: &Env) -> Vec<Trial> {
     let mut trials = Vec::new();
@@ -79,15 +79,6 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         run(bad_inputs(m, Arc::new(guarded), key, secret))
     }));
     trials
-}
-
-fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(fut)
 }
 
 const SECRET: &str = "aws";
@@ -160,29 +151,6 @@ async fn has_event(
         .into_iter()
         .find(|e| e.reason.as_deref() == Some(reason))
         .map(|e| e.note.unwrap_or_default()))
-}
-
-/// The status and events of an object, for failure messages.
-async fn dump(cluster: &Cluster, ns: &str, name: &str) -> String {
-    let status = cluster
-        .status(ns, name)
-        .await
-        .map(|s| serde_json::to_string(&s).unwrap_or_default())
-        .unwrap_or_else(|e| e);
-    let events: Vec<String> = cluster
-        .events_for(ns, name)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect();
-    format!("\n  status: {status}\n  events: {events:#?}")
 }
 
 async fn completed(

@@ -67,3 +67,36 @@ pub fn binary_copy() -> Result<(tempfile::TempDir, std::path::PathBuf), String> 
     }
     Ok((dir, binary))
 }
+
+/// Run a trial's future on a two-thread runtime of its own.
+pub fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(fut)
+}
+
+/// The status and Events of a ScaledConsumer, for failure messages.
+pub async fn dump(cluster: &cluster::Cluster, ns: &str, name: &str) -> String {
+    let status = cluster
+        .status(ns, name)
+        .await
+        .map(|s| serde_json::to_string(&s).unwrap_or_default())
+        .unwrap_or_else(|e| e);
+    let events: Vec<String> = cluster
+        .events_for(ns, name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect();
+    format!("\n  status: {status}\n  events: {events:#?}")
+}

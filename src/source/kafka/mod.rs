@@ -41,7 +41,7 @@ use kafka_protocol::messages::{
 
 use self::model::{CapMode, LagSummary, OffsetReset, PartitionOffsets, Progress};
 use self::wire::{Cluster, Route, Settings, WireError, sb};
-use super::{Observation, ReplicaCap, SourceError};
+use super::{Observation, ReplicaCap, Source, SourceError};
 
 /// A round nobody asked for a topic or group in this long drops it.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
@@ -238,6 +238,18 @@ impl KafkaApi {
     ) -> Result<KafkaReading, SourceError> {
         let shared = self.shared(&target.settings);
         shared.read(target, max_age).await
+    }
+}
+
+/// A fresh read (one round unless another caller's is under a second old).
+impl Source for KafkaApi {
+    type Target = KafkaTarget;
+
+    async fn observe(&self, target: &KafkaTarget) -> Result<Observation, SourceError> {
+        Ok(self
+            .read(target, Duration::from_secs(1))
+            .await?
+            .observation(target.cap))
     }
 }
 
@@ -837,26 +849,14 @@ pub async fn offset_fetch(
         let (resp, _) = cluster.call(route, &req).await.map_err(wire)?;
         for rg in resp.groups {
             let g = rg.group_id.0.as_str().to_string();
-            let mut m = HashMap::new();
-            let mut err = (rg.error_code != 0).then_some(rg.error_code);
-            for t in rg.topics {
-                for p in t.partitions {
-                    if p.error_code != 0 && p.error_code != 3 {
-                        err.get_or_insert(p.error_code);
-                    }
-                    m.insert(
-                        (t.name.0.as_str().to_string(), p.partition_index),
-                        p.committed_offset,
-                    );
-                }
-            }
-            out.push((
-                g.clone(),
-                match err {
-                    Some(code) => Err(group_error(code, &endpoint, &g)),
-                    None => Ok(m),
-                },
-            ));
+            let parts = rg.topics.iter().flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    let topic = t.name.0.as_str().to_string();
+                    (topic, p.partition_index, p.committed_offset, p.error_code)
+                })
+            });
+            let r = group_offsets(rg.error_code, parts, &endpoint, &g);
+            out.push((g, r));
         }
         return Ok(out);
     }
@@ -875,28 +875,40 @@ pub async fn offset_fetch(
                 .collect(),
         );
         let (resp, _) = cluster.call(route, &req).await.map_err(wire)?;
-        let mut m = HashMap::new();
-        let mut err = (resp.error_code != 0).then_some(resp.error_code);
-        for t in resp.topics {
-            for p in t.partitions {
-                if p.error_code != 0 && p.error_code != 3 {
-                    err.get_or_insert(p.error_code);
-                }
-                m.insert(
-                    (t.name.0.as_str().to_string(), p.partition_index),
-                    p.committed_offset,
-                );
-            }
-        }
+        let parts = resp.topics.iter().flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                let topic = t.name.0.as_str().to_string();
+                (topic, p.partition_index, p.committed_offset, p.error_code)
+            })
+        });
         out.push((
             g.clone(),
-            match err {
-                Some(code) => Err(group_error(code, &endpoint, g)),
-                None => Ok(m),
-            },
+            group_offsets(resp.error_code, parts, &endpoint, g),
         ));
     }
     Ok(out)
+}
+
+/// A group's committed offsets from `(topic, partition, offset, error)` of an answer; an
+/// unknown partition (3) just has none.
+fn group_offsets(
+    group_code: i16,
+    parts: impl Iterator<Item = (String, i32, i64, i16)>,
+    endpoint: &str,
+    group: &str,
+) -> GroupOffsets {
+    let mut m = HashMap::new();
+    let mut err = (group_code != 0).then_some(group_code);
+    for (topic, partition, offset, code) in parts {
+        if code != 0 && code != 3 {
+            err.get_or_insert(code);
+        }
+        m.insert((topic, partition), offset);
+    }
+    match err {
+        Some(code) => Err(group_error(code, endpoint, group)),
+        None => Ok(m),
+    }
 }
 
 fn group_error(code: i16, endpoint: &str, group: &str) -> SourceError {

@@ -163,18 +163,21 @@ impl SqsApi {
                             ),
                         ));
                         if let Some(redrive) = &dl.redrive {
-                            self.redrives.supervise(super::redrive::Supervise {
-                                sc,
-                                key,
-                                kube,
-                                conn: &conn,
-                                request: redrive,
-                                endpoint: spec.endpoint.as_deref(),
-                                source_url: &target.queue_url,
-                                source_arn: reading.queue_arn.as_deref().unwrap_or_default(),
-                                dlq: &resolved,
-                                prev: prev.redrive.as_ref(),
-                            });
+                            super::redrive::supervise(
+                                &self.redrives,
+                                super::redrive::Supervise {
+                                    sc,
+                                    key,
+                                    kube,
+                                    conn: &conn,
+                                    request: redrive,
+                                    endpoint: spec.endpoint.as_deref(),
+                                    source_url: &target.queue_url,
+                                    source_arn: reading.queue_arn.as_deref().unwrap_or_default(),
+                                    dlq: &resolved,
+                                    prev: prev.redrive.as_ref(),
+                                },
+                            );
                         }
                     }
                     Err(p) => {

@@ -26,8 +26,8 @@
 //! (too large, invalid attributes) stay in the DLQ and are counted in `failed`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::http::HttpResponse;
@@ -46,6 +46,7 @@ use super::{Conn, send};
 use crate::api::{ScaledConsumer, SqsRedrive, SqsRedriveJournal, SqsRedriveMode, SqsRedriveStatus};
 use crate::kubeio::KubeIo;
 use crate::source::SourceError;
+use crate::source::jobs::{self, CancelFlag, FINISHED, INTERRUPTED, Jobs, Step};
 use crate::status;
 
 /// Field manager of the redrive's status writes.
@@ -61,30 +62,8 @@ const MAX_FAILED_IDS: usize = 100;
 /// Transient failures in a row before a run is interrupted (and resumed by a later tick).
 const MAX_RETRIES: u32 = 5;
 
-const RUNNING: u8 = 0;
-const FINISHED: u8 = 1;
-const INTERRUPTED: u8 = 2;
-
 /// Redrives running in this process, per ScaledConsumer. Dropping it stops them.
-#[derive(Default)]
-pub(crate) struct Redrives {
-    jobs: Mutex<HashMap<String, Job>>,
-}
-
-struct Job {
-    request_id: String,
-    cancel: Arc<AtomicBool>,
-    state: Arc<AtomicU8>,
-    handle: tokio::task::AbortHandle,
-}
-
-impl Drop for Redrives {
-    fn drop(&mut self) {
-        for job in self.jobs.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            job.handle.abort();
-        }
-    }
-}
+pub(crate) type Redrives = Jobs;
 
 /// What the tick knows when it checks on the redrive.
 pub(crate) struct Supervise<'a> {
@@ -101,67 +80,28 @@ pub(crate) struct Supervise<'a> {
     pub prev: Option<&'a SqsRedriveStatus>,
 }
 
-/// What to do about the requested redrive, given what runs here and what the status says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Nothing (running, or this request id is already done).
-    Nothing,
-    /// Ask the running redrive to stop.
-    Cancel,
-    /// Start the request from scratch.
-    Start,
-    /// Continue a redrive the status shows as running (after a restart or interruption).
-    Resume,
-}
-
-/// Pure decision: `running` is the request id running here and whether it is still running
-/// (`Some((id, true))`), finished here (`Some((id, false))` with `interrupted` false), or
-/// nothing ran here.
+/// Pure decision ([`jobs::step`]): `running` is the request id of this process's redrive
+/// and its job state, `prev` the status as last read.
 pub fn step(
     request: &SqsRedrive,
     running: Option<(&str, u8)>,
     prev: Option<&SqsRedriveStatus>,
 ) -> Step {
-    match running {
-        Some((id, RUNNING)) => {
-            if id == request.request_id && request.cancel {
-                Step::Cancel
-            } else {
-                // One redrive at a time; a new id starts when the current one ends.
-                Step::Nothing
-            }
-        }
-        Some((id, FINISHED)) if id == request.request_id => Step::Nothing,
-        _ => match prev {
-            Some(p) if p.request_id == request.request_id => {
-                if p.state == "Running" {
-                    Step::Resume
-                } else {
-                    Step::Nothing
-                }
-            }
-            _ => Step::Start,
-        },
-    }
+    jobs::step(
+        &request.request_id,
+        request.cancel,
+        running,
+        prev.map(|p| (p.request_id.as_str(), p.state == "Running")),
+    )
 }
 
-impl Redrives {
-    pub(crate) fn supervise(&self, s: Supervise<'_>) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let running = jobs
-            .get(s.key)
-            .map(|j| (j.request_id.as_str(), j.state.load(Ordering::SeqCst)));
-        let resume = match step(s.request, running, s.prev) {
-            Step::Nothing => return,
-            Step::Cancel => {
-                if let Some(j) = jobs.get(s.key) {
-                    j.cancel.store(true, Ordering::SeqCst);
-                }
-                return;
-            }
-            Step::Start => None,
-            Step::Resume => s.prev.cloned(),
-        };
+/// Start, resume or leave the requested redrive.
+pub(crate) fn supervise(jobs: &Redrives, s: Supervise<'_>) {
+    let recorded = s
+        .prev
+        .map(|p| (p.request_id.as_str(), p.state == "Running"));
+    let start = |resumed: bool, cancel: CancelFlag| {
+        let resume = if resumed { s.prev.cloned() } else { None };
         let mode = match (&resume, s.request.mode) {
             (Some(p), _) if p.mode == "Client" => SqsRedriveMode::Client,
             (Some(_), _) => SqsRedriveMode::Aws,
@@ -169,8 +109,6 @@ impl Redrives {
             (None, None) if model::is_aws_endpoint(s.endpoint) => SqsRedriveMode::Aws,
             (None, None) => SqsRedriveMode::Client,
         };
-        let cancel = Arc::new(AtomicBool::new(s.request.cancel));
-        let state = Arc::new(AtomicU8::new(RUNNING));
         let dlq_name = s.dlq.arn.rsplit(':').next().unwrap_or_default().to_string();
         let run = Run {
             sc: s.sc.clone(),
@@ -184,7 +122,7 @@ impl Redrives {
             dlq_arn: s.dlq.arn.clone(),
             dlq_name,
             fifo: s.dlq.fifo,
-            cancel: cancel.clone(),
+            cancel,
             progress: resume.clone().unwrap_or_else(|| SqsRedriveStatus {
                 request_id: s.request.request_id.clone(),
                 mode: mode_name(mode).to_string(),
@@ -193,22 +131,16 @@ impl Redrives {
                 ..SqsRedriveStatus::default()
             }),
         };
-        let done = state.clone();
         let resumed = resume.is_some();
-        let task = tokio::spawn(async move {
-            let outcome = run.run(mode, resumed).await;
-            done.store(outcome, Ordering::SeqCst);
-        });
-        jobs.insert(
-            s.key.to_string(),
-            Job {
-                request_id: s.request.request_id.clone(),
-                cancel,
-                state,
-                handle: task.abort_handle(),
-            },
-        );
-    }
+        run.run(mode, resumed)
+    };
+    jobs.supervise(
+        s.key,
+        &s.request.request_id,
+        s.request.cancel,
+        recorded,
+        start,
+    );
 }
 
 fn mode_name(m: SqsRedriveMode) -> &'static str {
@@ -240,7 +172,7 @@ struct Run {
     dlq_arn: String,
     dlq_name: String,
     fifo: bool,
-    cancel: Arc<AtomicBool>,
+    cancel: CancelFlag,
     progress: SqsRedriveStatus,
 }
 
@@ -1023,6 +955,7 @@ pub fn redrive_patch(p: &SqsRedriveStatus) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::jobs::RUNNING;
 
     fn msg(id: &str, group: Option<&str>) -> Msg {
         Msg {
