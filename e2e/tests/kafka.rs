@@ -154,10 +154,15 @@ async fn wait_replicas(
     want: i32,
     timeout: Duration,
 ) -> Result<(), String> {
-    eventually(&format!("{d} at {want} replicas"), timeout, || async {
+    let r = eventually(&format!("{d} at {want} replicas"), timeout, || async {
         Ok((cluster.replicas(ns, d).await? == want).then_some(()))
     })
-    .await
+    .await;
+    match r {
+        Ok(()) => Ok(()),
+        // Each trial names its ScaledConsumers after their deployments.
+        Err(e) => Err(format!("{e}{}", dump(cluster, ns, d).await)),
+    }
 }
 
 async fn patch_kafka(cluster: &Cluster, ns: &str, name: &str, kafka: Value) -> Result<(), String> {
@@ -883,7 +888,11 @@ async fn tls(kafka: Arc<Kafka>, front: TlsFront) -> Result<(), String> {
         .await?
         .ok_or("no kafka status")?;
     if k.total_lag != 4000 {
-        return Err(format!("lag over TLS {} (want 4000)", k.total_lag));
+        return Err(format!(
+            "lag over TLS {} (want 4000){}",
+            k.total_lag,
+            dump(&cluster, ns, "secure").await
+        ));
     }
     let msg = wait_status(
         &cluster,
@@ -899,7 +908,10 @@ async fn tls(kafka: Arc<Kafka>, front: TlsFront) -> Result<(), String> {
     )
     .await?;
     if !msg.starts_with("TlsFailed") || cluster.replicas(ns, "wrong-ca").await? != 2 {
-        return Err(format!("wrong CA: {msg}"));
+        return Err(format!(
+            "wrong CA: {msg}{}",
+            dump(&cluster, ns, "wrong-ca").await
+        ));
     }
     println!(
         "  over TLS with the CA from a Secret: lag 4000 read, 2 replicas; another CA: {msg}; count held"

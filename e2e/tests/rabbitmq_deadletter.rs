@@ -134,6 +134,21 @@ async fn wait_depth(rabbit: &Arc<RabbitMq>, queue: &str, want: i64) -> Result<()
     .await
 }
 
+/// The dynamic shovels on vhost `/` that read from `src` (other trials share the vhost and
+/// run redrives of their own).
+async fn shovels_from(rabbit: &Arc<RabbitMq>, src: &str) -> Result<Vec<Value>, String> {
+    let all = on(rabbit, |r| r.api_get("parameters/shovel/%2F")).await?;
+    Ok(all
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|s| s["value"]["src-queue"] == json!(src))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 async fn classic_and_quorum(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     let ns = "dl";
     let cluster = cluster(ns).await?;
@@ -520,9 +535,9 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, restart: bool) -> 
     if !left.is_empty() {
         return Err(format!("{} messages left in the DLQ", left.len()));
     }
-    let shovels = on(rabbit, |r| r.api_get("parameters/shovel/%2F")).await?;
-    if shovels.as_array().is_some_and(|l| !l.is_empty()) {
-        return Err(format!("shovel left behind: {shovels}"));
+    let shovels = shovels_from(rabbit, &dlq).await?;
+    if !shovels.is_empty() {
+        return Err(format!("shovel left behind: {shovels:?}"));
     }
     // The same request id again starts nothing: the status keeps r1 and no shovel appears.
     let s = cluster.status(ns, "sc").await?;
@@ -549,10 +564,10 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, restart: bool) -> 
         .rabbitmq
         .and_then(|r| r.redrive)
         .ok_or("redrive status gone")?;
-    let shovels = on(rabbit, |r| r.api_get("parameters/shovel/%2F")).await?;
+    let shovels = shovels_from(rabbit, &dlq).await?;
     if rd2.phase != "Succeeded"
         || rd2.started_at != rd.started_at
-        || shovels.as_array().is_some_and(|l| !l.is_empty())
+        || !shovels.is_empty()
         || after
             .conditions
             .iter()
@@ -560,7 +575,9 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, restart: bool) -> 
             .map(|c| c.last_transition_time.clone())
             != evaluated
     {
-        return Err(format!("the same request id ran again: {rd2:?} {shovels}"));
+        return Err(format!(
+            "the same request id ran again: {rd2:?} {shovels:?}"
+        ));
     }
     drop(operator);
     on(rabbit, move |r| {

@@ -84,7 +84,7 @@ impl Kafka {
     /// [`TlsFront::ca_pem`]. tansu 0.6 cannot serve TLS itself (its `--cert` and `--key`
     /// flags exclude each other).
     pub fn start_behind_tls() -> Result<(Kafka, TlsFront), String> {
-        let front = TlsFront::prepare()?;
+        let mut front = TlsFront::prepare()?;
         let mut kafka = Self::start_full(&[], Some(&front))?;
         front.serve(kafka.port)?;
         kafka.tls = Some((front.port, front.dir.path().join("ca.crt")));
@@ -285,6 +285,9 @@ pub struct TlsFront {
     /// Another CA, which did not (for the wrong-CA trial).
     pub other_ca_pem: String,
     dir: tempfile::TempDir,
+    /// Bound when the front is prepared (so no other process takes the port before the
+    /// broker behind it is up); taken by `serve`.
+    listener: Option<std::net::TcpListener>,
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<(), String> {
@@ -369,18 +372,21 @@ impl TlsFront {
             ],
         )?;
         let read = |f: &str| std::fs::read_to_string(d.join(f)).map_err(|e| format!("{f}: {e}"));
-        let [port] = free_ports::<1>()?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| format!("bind the TLS front: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         Ok(TlsFront {
             port,
             ca_pem: read("ca.crt")?,
             other_ca_pem: read("other-ca.crt")?,
             dir,
+            listener: Some(listener),
         })
     }
 
     /// Accept TLS on `self.port` and forward to the broker on `upstream`, in a thread of its
     /// own until the process exits.
-    fn serve(&self, upstream: u16) -> Result<(), String> {
+    fn serve(&mut self, upstream: u16) -> Result<(), String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let d = self.dir.path();
@@ -398,8 +404,10 @@ impl TlsFront {
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))
-            .map_err(|e| format!("bind {}: {e}", self.port))?;
+        let listener = self
+            .listener
+            .take()
+            .ok_or("the TLS front is served already")?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
