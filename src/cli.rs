@@ -80,6 +80,9 @@ pub struct SimulateArgs {
     /// Also print the KEDA target sweep.
     #[arg(long)]
     pub show_sweep: bool,
+    /// Also print every change nerite made, with its reason (as `status.reason` says it).
+    #[arg(long)]
+    pub explain: bool,
     /// Write one SVG chart per scenario into this directory.
     #[arg(long)]
     pub svg_dir: Option<PathBuf>,
@@ -227,6 +230,7 @@ fn simulate(a: SimulateArgs) -> ExitCode {
             slo: a.slo,
             stats_delay: a.stats_delay,
             poll_interval: a.poll_interval,
+            explain: a.explain,
             ..simulate::Settings::default()
         },
     };

@@ -102,7 +102,7 @@ pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
 /// Default `behavior.scaleDown.stabilizationWindow` with `objective.maxMessageWait`: the
 /// wait objective smooths its inputs and uses the queue as a buffer, so a shorter window
 /// suffices.
-pub const DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT: Duration = Duration::from_secs(120);
+pub const DEFAULT_SCALE_DOWN_WINDOW_WITH_WAIT: Duration = Duration::from_secs(60);
 /// Default `behavior.scaleToZeroCooldown`.
 pub const DEFAULT_SCALE_TO_ZERO_COOLDOWN: Duration = Duration::from_secs(300);
 /// Default `behavior.startupDelay`.
@@ -1222,7 +1222,7 @@ mod tests {
         assert_eq!(p.max_message_wait, Some(Duration::from_secs(90)));
         assert_eq!(p.startup_delay, Duration::from_secs(45));
         // A shorter default scale-down window with the wait objective; an explicit one wins.
-        assert_eq!(p.scale_down_window, Duration::from_secs(120));
+        assert_eq!(p.scale_down_window, Duration::from_secs(60));
         let v = with(base(), "/objective/maxMessageWait", json!("90s"));
         let v = with(
             v,

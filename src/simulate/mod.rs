@@ -43,6 +43,8 @@ pub struct Settings {
     pub tuned_polling: u64,
     /// Oracle look-ahead beyond the start-up delay, seconds.
     pub oracle_horizon: f64,
+    /// Keep nerite's changes of the count with their reasons.
+    pub explain: bool,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             ],
             tuned_polling: 5,
             oracle_horizon: 120.0,
+            explain: false,
         }
     }
 }
@@ -81,6 +84,9 @@ pub struct PolicyResult {
     pub final_backlog: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<Point>,
+    /// nerite's changes of the count with their reasons (only with `--explain`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<policies::Change>,
 }
 
 /// Every policy on one scenario.
@@ -135,6 +141,7 @@ pub fn summarize(
         max_backlog: o.max_backlog,
         final_backlog: o.final_backlog,
         series: if keep_series { o.series } else { Vec::new() },
+        changes: Vec::new(),
     }
 }
 
@@ -234,11 +241,17 @@ pub fn run_scenario(sc: &Scenario, s: &Settings) -> ScenarioResult {
         Duration::from_secs(s.poll_interval.max(1)),
         Duration::from_secs_f64(w.startup_delay),
     );
-    results.push(sum(
+    let mut nerite = Nerite::new(cfg);
+    let outcome = go(&mut nerite, initial);
+    let mut result = sum(
         "nerite",
         format!("maxMessageWait {}s, poll {}s", s.slo, s.poll_interval),
-        go(&mut Nerite::new(cfg), initial),
-    ));
+        outcome,
+    );
+    if s.explain {
+        result.changes = nerite.changes;
+    }
+    results.push(result);
 
     let mut oracle = Oracle {
         wait: s.slo * 0.9,
@@ -428,6 +441,9 @@ pub fn execute(
     let mut out = output::table(&results);
     if show_sweep {
         out.push_str(&output::sweep_table(&results));
+    }
+    if req.settings.explain {
+        out.push_str(&output::changes(&results));
     }
     for p in written {
         out.push_str(&format!("\nchart: {}", p.display()));

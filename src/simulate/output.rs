@@ -38,6 +38,28 @@ pub fn table(results: &[ScenarioResult]) -> String {
     out
 }
 
+/// nerite's changes of the count per scenario, each with its reason.
+pub fn changes(results: &[ScenarioResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        for p in r.results.iter().filter(|p| !p.changes.is_empty()) {
+            let _ = writeln!(
+                out,
+                "\n{} — {}: every change and its reason",
+                r.scenario, p.policy
+            );
+            for c in &p.changes {
+                let _ = writeln!(
+                    out,
+                    "{:>8.0}s  {:>4} → {:<4} {}",
+                    c.t, c.from, c.to, c.reason
+                );
+            }
+        }
+    }
+    out
+}
+
 fn row(p: &PolicyResult) -> String {
     format!(
         "{:<11} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>11.0} {:>6.2} {:>7} {:>8} {:>8}  {}",

@@ -67,17 +67,33 @@ impl Scaler for KedaHpa {
 pub struct Nerite {
     pub cfg: PolicyConfig,
     history: Option<History>,
+    /// Every change of the count, with nerite's reason (what `status.reason` would say).
+    pub changes: Vec<Change>,
+}
+
+/// One change of the replica count and why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Change {
+    /// Seconds into the trace.
+    pub t: f64,
+    pub from: i32,
+    pub to: i32,
+    pub reason: String,
 }
 
 impl Nerite {
     pub fn new(cfg: PolicyConfig) -> Self {
-        Self { cfg, history: None }
+        Self {
+            cfg,
+            history: None,
+            changes: Vec::new(),
+        }
     }
 
     /// The settings a user would write for a scenario: the replica bounds, the
     /// scenario's `backlogPerReplica` (used only until the throughput is measured), the
     /// message-wait objective, and the defaults `nerite` applies to such a spec for
-    /// everything else (the scale-down window is 2m with `maxMessageWait`).
+    /// everything else (the scale-down window is 1m with `maxMessageWait`).
     pub fn config(
         min: i32,
         max: i32,
@@ -123,6 +139,14 @@ impl Scaler for Nerite {
         let input = Input::Observed(&obs);
         let d = policy::decide(input, &self.cfg, history, current, now);
         history.record(input, &d, &self.cfg, current, now);
+        if d.desired != current {
+            self.changes.push(Change {
+                t: view.now,
+                from: current,
+                to: d.desired,
+                reason: d.reason,
+            });
+        }
         d.desired
     }
 }

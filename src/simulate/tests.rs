@@ -1,5 +1,5 @@
 use super::engine::{self, BrokerModel, Scaler, View, Workload};
-use super::policies::Static;
+use super::policies::{Nerite, Static};
 use super::scenarios::built_in;
 use super::trace::Trace;
 use super::*;
@@ -165,4 +165,74 @@ fn statistics_are_delayed_and_replicas_start_late() {
         .count();
     assert_eq!(started_at_120, 2);
     assert_eq!(o.scale_changes, 1);
+}
+
+/// nerite in a closed loop: Poisson arrivals at a constant 190/s, 20/s per replica (9.5
+/// replicas of work, the hardest rounding), a queue that grows whenever the fleet falls
+/// short. Once the throughput is learned, the count stays put, and every message starts
+/// within the objective.
+#[test]
+fn nerite_holds_a_constant_count_under_constant_load() {
+    let t = Trace::from_csv("0,190\n7200,190", None).expect("valid");
+    let w = Workload {
+        min_replicas: 1,
+        ..wl(1.0, 2.0, 20)
+    };
+    for seed in 1..=4 {
+        let msgs = t.messages(seed, 1.0, 2.0);
+        let cfg = Nerite::config(
+            1,
+            100,
+            100,
+            Duration::from_secs(90),
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+        );
+        let mut n = Nerite::new(cfg);
+        let o = engine::run(&msgs, t.end, &w, &broker(), 10, &mut n, 10.0, None);
+        let late: Vec<_> = n.changes.iter().filter(|c| c.t > 600.0).collect();
+        assert!(late.is_empty(), "seed {seed}: {late:#?}");
+        let within = o.waits.iter().filter(|x| **x <= 90.0).count();
+        assert_eq!(within, o.waits.len(), "seed {seed}");
+    }
+}
+
+/// The same with the rate wandering ±20 % every few minutes: few changes, none back and
+/// forth within a minute.
+#[test]
+fn nerite_makes_few_changes_on_a_noisy_steady_load() {
+    let mut csv = String::new();
+    let mut rng = super::rng::Rng::new(7, 0);
+    for k in 0..40 {
+        let rate = 190.0 * (0.8 + 0.4 * rng.uniform());
+        csv.push_str(&format!("{},{rate:.1}\n", k * 180));
+    }
+    csv.push_str("7200,190\n");
+    let t = Trace::from_csv(&csv, None).expect("valid");
+    let w = Workload {
+        min_replicas: 1,
+        ..wl(1.0, 2.0, 20)
+    };
+    let msgs = t.messages(2, 1.0, 2.0);
+    let cfg = Nerite::config(
+        1,
+        100,
+        100,
+        Duration::from_secs(90),
+        Duration::from_secs(5),
+        Duration::from_secs(20),
+    );
+    let mut n = Nerite::new(cfg);
+    let o = engine::run(&msgs, t.end, &w, &broker(), 10, &mut n, 10.0, None);
+    // 40 rate changes in two hours; a change of the count per rate change at most.
+    assert!(n.changes.len() <= 40, "{} changes", n.changes.len());
+    for pair in n.changes.windows(2) {
+        let flip = (pair[0].to > pair[0].from) != (pair[1].to > pair[1].from);
+        assert!(
+            !(flip && pair[1].t - pair[0].t < 60.0),
+            "back and forth within a minute: {pair:#?}"
+        );
+    }
+    let within = o.waits.iter().filter(|x| **x <= 90.0).count();
+    assert!(within as f64 >= 0.995 * o.waits.len() as f64);
 }
