@@ -162,7 +162,7 @@ pub const WAIT_DRAIN_ABOVE: f64 = 1.5;
 /// arrivals expected this many `maxMessageWait`s ahead (the queue holds the difference
 /// until the fleet catches up)...
 pub const WAIT_FALL_HORIZON: f64 = 3.0;
-/// ... but for no less than this share below today's arrivals.
+/// ... but never more than this share below today's arrivals.
 pub const WAIT_FALL_MAX: f64 = 0.15;
 /// Within the buffer, a scale-up waits until the shortfall exceeds this share of the fleet
 /// (one replica at least), like the HPA's tolerance; then it goes to the full need.
