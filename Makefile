@@ -31,12 +31,14 @@ crds:
 	cp crds/scaledconsumers.nerite.dev.yaml config/crd/
 
 ## Install what the tests and the demo need (RabbitMQ from Debian's packages, Python test
-## tools into a virtualenv under ~/.cache/nerite, tansu built from crates.io into the same cache).
+## tools into a virtualenv under ~/.cache/nerite, tansu built from crates.io into the same cache,
+## a kubectl: the one on PATH or Debian's kubernetes-client unpacked into the cache).
 deps:
 	bash e2e/rabbitmq.sh install
 	bash e2e/venv.sh >/dev/null
 	bash e2e/moto.sh install
 	bash e2e/kafka.sh install >/dev/null
+	bash e2e/kubectl.sh >/dev/null
 
 ## Local RabbitMQ + the local fake cluster + the operator; publishes a burst and shows the
 ## scaling live.

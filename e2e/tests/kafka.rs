@@ -697,12 +697,24 @@ async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
             target.len()
         ));
     }
-    let depth = kafka_status(&cluster, ns, "retry")
-        .await?
-        .and_then(|k| k.dead_letter)
-        .and_then(|d| d.depth);
+    // A copy leaves the dead-letter topic as it was: its depth stays 1000.
+    let dlq_depth = |s: &ScaledConsumerStatus| {
+        s.kafka
+            .as_ref()
+            .and_then(|k| k.dead_letter.as_ref())
+            .and_then(|d| d.depth)
+    };
+    wait_status(
+        &cluster,
+        ns,
+        "retry",
+        "DLQ depth 1000 in status",
+        Duration::from_secs(30),
+        |s| (dlq_depth(s) == Some(1000)).then_some(()),
+    )
+    .await?;
     println!(
-        "  1000 copied in {:.1}s (operator start to completion), each key once, values, headers and partitions kept; DLQ depth in status {depth:?}",
+        "  1000 copied in {:.1}s (operator start to completion), each key once, values, headers and partitions kept; DLQ depth in status 1000",
         took.as_secs_f64()
     );
 
@@ -716,7 +728,29 @@ async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
             json!({"spec": {"behavior": {"pollInterval": "2s"}}}),
         )
         .await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Two readings after the spec change (each sees the 5 late records): r1 had its
+    // chances to run again.
+    let seen = wait_status(
+        &cluster,
+        ns,
+        "retry",
+        "DLQ depth 1005 after the change",
+        Duration::from_secs(30),
+        |s| {
+            (dlq_depth(s) == Some(1005))
+                .then(|| s.last_observation.as_ref().map(|o| o.observed_at.clone()))
+        },
+    )
+    .await?;
+    wait_status(
+        &cluster,
+        ns,
+        "retry",
+        "one more reading",
+        Duration::from_secs(30),
+        |s| (s.last_observation.as_ref().map(|o| o.observed_at.clone()) != seen).then_some(()),
+    )
+    .await?;
     let again = records_of(&kafka, "retry").await?;
     if again.len() != 1000 {
         return Err(format!(
