@@ -154,6 +154,13 @@ mod tests {
             ("negative min", with("/spec/minReplicas", json!(-1))),
             ("zero max", with("/spec/maxReplicas", json!(0))),
             ("no source", with("/spec/source", json!({}))),
+            (
+                "two sources",
+                with(
+                    "/spec/source/sqs",
+                    json!({"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/orders", "region": "us-east-1"}),
+                ),
+            ),
             ("source missing", with("/spec/source", Value::Null)),
             ("objective missing", with("/spec/objective", Value::Null)),
             (
@@ -231,5 +238,12 @@ mod tests {
             errors.iter().any(|e| e.contains("exactly one source")),
             "{errors:?}"
         );
+        // Two complete sources: only the one-source rule objects.
+        let errors = admission_errors(&with(
+            "/spec/source/sqs",
+            json!({"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/orders", "region": "us-east-1"}),
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("exactly one source"), "{errors:?}");
     }
 }

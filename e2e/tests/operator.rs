@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
 use libtest_mimic::{Failed, Trial};
+use nerite::api::ScaledConsumer;
 use serde_json::{Value, json};
 
 use crate::support::Env;
@@ -23,7 +26,7 @@ pub fn trials(env: &Env) -> Vec<Trial> {
             let rabbit = e.rabbitmq()?;
             run(async move {
                 let cluster = Cluster::fake(true).await?;
-                scale_up_and_down(&cluster, &rabbit, "orders").await
+                scale_up_and_down(&cluster, &rabbit, NS, "orders").await
             })
         },
     ));
@@ -57,9 +60,14 @@ pub fn trials(env: &Env) -> Vec<Trial> {
             })
         },
     ));
-    // The same scaling trial against a real cluster (kind, ...), when one is named.
+    // The same scaling trial against a real cluster (kind, ...), when one is named:
+    // NERITE_E2E_KUBECONFIG, else KUBECONFIG.
     let e = env.clone();
-    let real = std::env::var("NERITE_E2E_KUBECONFIG").ok();
+    let real = std::env::var("NERITE_E2E_KUBECONFIG")
+        .or_else(|_| std::env::var("KUBECONFIG"))
+        .ok()
+        .filter(|k| !k.is_empty());
+    let skip = real.is_none();
     trials.push(
         Trial::test(
             "operator::real_cluster::scales_up_and_down_with_the_backlog",
@@ -70,11 +78,16 @@ pub fn trials(env: &Env) -> Vec<Trial> {
                 let rabbit = e.rabbitmq()?;
                 run(async move {
                     let cluster = Cluster::real(&kubeconfig).await?;
-                    scale_up_and_down(&cluster, &rabbit, "orders-real").await
+                    // A namespace of its own each run, removed afterwards, so the trial
+                    // runs again and again on the same cluster.
+                    let ns = format!("nerite-e2e-{}", std::process::id());
+                    let outcome = scale_up_and_down(&cluster, &rabbit, &ns, "orders-real").await;
+                    let removed = cluster.delete_namespace(&ns).await;
+                    outcome.and(removed)
                 })
             },
         )
-        .with_ignored_flag(std::env::var("NERITE_E2E_KUBECONFIG").is_err()),
+        .with_ignored_flag(skip),
     );
     trials
 }
@@ -116,9 +129,9 @@ fn spec(rabbit: &RabbitMq, deployment: &str, queue: &str, secret: &str) -> Value
 async fn scale_up_and_down(
     cluster: &Cluster,
     rabbit: &Arc<RabbitMq>,
+    ns: &str,
     queue: &str,
 ) -> Result<(), String> {
-    let ns = NS;
     cluster.namespace(ns).await?;
     cluster.secret(ns, "rabbit-creds", "guest", "guest").await?;
     cluster.deployment(ns, "orders-consumer", 1).await?;
@@ -471,6 +484,28 @@ async fn bad_inputs(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), Str
     for d in ["w1", "w2", "w3", "w4", "w6"] {
         assert_eq_or(cluster.replicas(ns, d).await?, 1, d)?;
     }
+    // The password appears in no Event and no status of the namespace.
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), ns);
+    let events = events
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let objects: Api<ScaledConsumer> = Api::namespaced(cluster.client.clone(), ns);
+    let objects = objects
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        serde_json::to_string(&events.items).map_err(|e| e.to_string())?,
+        serde_json::to_string(&objects.items).map_err(|e| e.to_string())?
+    );
+    if events.items.is_empty() || text.contains("not-the-password") {
+        return Err(format!(
+            "{} events; the password leaked into an Event or a status",
+            events.items.len()
+        ));
+    }
     Ok(())
 }
 
@@ -487,6 +522,22 @@ async fn admission(cluster: &Cluster) -> Result<(), String> {
     match cluster.raw_scaled_consumer(ns, "pulsar", unsupported).await {
         Err(e) if e.contains("exactly one source") => {}
         other => return Err(format!("pulsar source: expected a refusal, got {other:?}")),
+    }
+    // Two complete sources at once.
+    let two = json!({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+        "maxReplicas": 3,
+        "source": {
+            "rabbitmq": {"managementUrl": "http://r:15672", "queue": "q",
+                         "credentialsSecretRef": {"name": "s"}},
+            "sqs": {"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+                    "region": "us-east-1"}
+        },
+        "objective": {"backlogPerReplica": 100}
+    });
+    match cluster.raw_scaled_consumer(ns, "two-sources", two).await {
+        Err(e) if e.contains("exactly one source") => {}
+        other => return Err(format!("two sources: expected a refusal, got {other:?}")),
     }
     // A Kafka source with both topic forms: the CEL rule's message.
     let both = json!({

@@ -126,6 +126,16 @@ impl Cluster {
         }
     }
 
+    /// Delete a namespace (and with it everything in it, on a real cluster).
+    pub async fn delete_namespace(&self, name: &str) -> Result<(), String> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(format!("deleting namespace {name}: {e}")),
+        }
+    }
+
     pub async fn secret(
         &self,
         ns: &str,
