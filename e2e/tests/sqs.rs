@@ -241,7 +241,7 @@ async fn depth(moto: Arc<Moto>) -> Result<(), String> {
 async fn policy(moto: Arc<Moto>) -> Result<(), String> {
     let ns = "sqs-policy";
     let cluster = Cluster::fake(true).await?;
-    setup(&cluster, ns, &["orders", "fifo"]).await?;
+    setup(&cluster, ns, &["orders", "fifo", "fifo-made"]).await?;
     let sqs = moto.sqs();
     let src = sqs.create_queue("orders", &[]).await?;
     let dlq_arn = queue_arn(REGION, "orders-dlq");
@@ -355,6 +355,40 @@ async fn policy(moto: Arc<Moto>) -> Result<(), String> {
     if fifo_attrs.contains_key("RedrivePolicy") {
         return Err("a policy was set despite the type mismatch".into());
     }
+
+    // A FIFO source whose DLQ nerite creates: a FIFO DLQ, and the policy on the source.
+    let made_src = sqs
+        .create_queue("fifo-made.fifo", &[("FifoQueue", "true")])
+        .await?;
+    let mut m = source(&moto, "fifo-made.fifo");
+    m["deadLetter"] = json!({"queue": "fifo-made-dlq.fifo", "create": true, "maxReceiveCount": 4});
+    cluster
+        .scaled_consumer(ns, "fifo-made", spec("fifo-made", m, 100))
+        .await
+        .map_err(|e| e.to_string())?;
+    let made_wanted = RedrivePolicy {
+        dead_letter_target_arn: queue_arn(REGION, "fifo-made-dlq.fifo"),
+        max_receive_count: 4,
+    };
+    eventually(
+        "a FIFO dead-letter queue created and named in the policy",
+        Duration::from_secs(30),
+        || async {
+            let p = policy_of(sqs.clone(), made_src.clone()).await?;
+            Ok((p.as_ref() == Some(&made_wanted)).then_some(()))
+        },
+    )
+    .await?;
+    let made_attrs = sqs
+        .attributes(&queue_url(REGION, "fifo-made-dlq.fifo"))
+        .await?;
+    if made_attrs.get("FifoQueue").map(String::as_str) != Some("true") {
+        return Err(format!("the created DLQ is not FIFO: {made_attrs:?}"));
+    }
+    has_event(&cluster, ns, "fifo-made", "DeadLetterQueueCreated")
+        .await?
+        .ok_or("no DeadLetterQueueCreated event for the FIFO DLQ")?;
+    println!("  FIFO source: nerite created the FIFO dead-letter queue fifo-made-dlq.fifo");
 
     // Removing the section removes the policy.
     patch_spec(
