@@ -38,6 +38,14 @@ pub fn trials(env: &Env) -> Vec<Trial> {
             run(async move { apply_once(&rabbit).await })
         },
     ));
+    let e = env.clone();
+    trials.push(Trial::test(
+        "rabbitmq_prefetch::apply_to_a_config_map_and_never_over_another_manager",
+        move || {
+            let rabbit = e.rabbitmq()?;
+            run(async move { config_map_and_conflict(&rabbit).await })
+        },
+    ));
     trials
 }
 
@@ -284,6 +292,122 @@ async fn apply_once(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     if applies != 1 {
         return Err(format!("{applies} PrefetchApplied Events"));
     }
+    let r = rabbit.clone();
+    blocking(move || r.delete_queue("/", queue)).await?
+}
+
+/// `deliverTo.configMap`: the value lands in the ConfigMap key under nerite's field manager.
+/// Then a pod-template env var another field manager owns with another value: nerite reports
+/// the conflict and leaves the template alone (it never forces).
+async fn config_map_and_conflict(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams};
+    let (ns, queue) = ("pf-cm", "pf.cm");
+    let cluster = cluster(ns).await?;
+    let r = rabbit.clone();
+    blocking(move || r.declare_queue("/", queue)).await??;
+    publish(rabbit, queue, 600).await?;
+    let _consumer = consumer(rabbit, queue, 2, Duration::from_millis(50)).await?;
+    cluster
+        .scaled_consumer(
+            ns,
+            "cm",
+            spec(
+                rabbit,
+                queue,
+                json!({
+                    "mode": "Apply",
+                    "deliverTo": {"configMap": {"name": "worker-tuning", "key": "prefetch"}},
+                    "minInterval": "1h"
+                }),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let operator = cluster.start_operator(ns);
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), ns);
+    let (value, cm) = eventually("the prefetch in ConfigMap worker-tuning", LONG, || async {
+        let cm = cms
+            .get_opt("worker-tuning")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(cm.and_then(|cm| {
+            let v = cm.data.as_ref()?.get("prefetch")?.clone();
+            Some((v, cm))
+        }))
+    })
+    .await?;
+    if value.parse::<u32>().map_or(true, |v| v <= 2) {
+        return Err(format!("applied {value:?}, expected more than 2"));
+    }
+    let owners: Vec<String> = cm
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| f.manager)
+        .collect();
+    if owners != ["nerite-prefetch"] {
+        return Err(format!("ConfigMap managers {owners:?}"));
+    }
+    let s = cluster.status(ns, "cm").await?;
+    if prefetch_of(&s)
+        .and_then(|p| p.applied)
+        .map(|v| v.to_string())
+        != Some(value.clone())
+    {
+        return Err(format!("status: {:?}", prefetch_of(&s)));
+    }
+    println!("  ConfigMap worker-tuning: prefetch={value}, owned by nerite-prefetch");
+    drop(operator);
+
+    // The team's own deploy tool owns PREFETCH_COUNT=2 in the pod template.
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+    let team = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "worker"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "consumer", "env": [{"name": "PREFETCH_COUNT", "value": "2"}]}
+        ]}}}
+    });
+    deployments
+        .patch(
+            "worker",
+            &PatchParams::apply("team-deploy"),
+            &Patch::Apply(&team),
+        )
+        .await
+        .map_err(|e| format!("the team's apply: {e}"))?;
+    let before = cluster.deployment_json(ns, "worker").await?;
+    cluster
+        .patch_scaled_consumer(
+            ns,
+            "cm",
+            json!({"spec": {"source": {"rabbitmq": {"prefetch": {
+                "deliverTo": {"configMap": null, "env": {"container": "consumer", "name": "PREFETCH_COUNT"}},
+                "minInterval": "1s"
+            }}}}}),
+        )
+        .await?;
+    let _operator = cluster.start_operator(ns);
+    let c = eventually("Prefetch=False PrefetchConflict", LONG, || async {
+        let s = cluster.status(ns, "cm").await?;
+        Ok(condition(&s, "Prefetch")
+            .filter(|c| c.status == "False" && c.reason == "PrefetchConflict")
+            .cloned())
+    })
+    .await?;
+    let after = cluster.deployment_json(ns, "worker").await?;
+    if template_env(&after, "PREFETCH_COUNT").as_deref() != Some("2")
+        || after["metadata"]["generation"] != before["metadata"]["generation"]
+    {
+        return Err(format!("nerite changed the team's value: {after}"));
+    }
+    println!(
+        "  another manager's PREFETCH_COUNT=2 left alone: {}",
+        c.message
+    );
     let r = rabbit.clone();
     blocking(move || r.delete_queue("/", queue)).await?
 }
