@@ -386,17 +386,31 @@ async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action>
 }
 
 fn error_policy(sc: Arc<ScaledConsumer>, err: &Error, ctx: Arc<Context>) -> Action {
-    let mut states = lock(&ctx.state);
-    let st = states.entry(key_of(&sc)).or_default();
-    st.api_failures = st.api_failures.saturating_add(1);
+    let (failures, delay) = {
+        let mut states = lock(&ctx.state);
+        let st = states.entry(key_of(&sc)).or_default();
+        st.api_failures = st.api_failures.saturating_add(1);
+        st.next_poll = None;
+        let delay = backoff(
+            Duration::from_secs(1),
+            st.api_failures,
+            ctx.config.max_backoff,
+        );
+        (st.api_failures, delay)
+    };
     ctx.metrics.error(err);
-    st.next_poll = None;
-    let delay = backoff(
-        Duration::from_secs(1),
-        st.api_failures,
-        ctx.config.max_backoff,
-    );
     tracing::warn!(object = %key_of(&sc), error = %err, retry_in = ?delay, "reconcile failed");
+    // The first failure of a run gets a Warning Event (errors never carry credentials);
+    // retries of the same run stay in the log and the metrics.
+    if failures == 1 && ctx.leadership.is_leader() {
+        let note = format!("{err}; retrying with backoff");
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            ctx.kube
+                .event(&sc, true, "ReconcileFailed", "Reconcile", note)
+                .await;
+        });
+    }
     Action::requeue(delay)
 }
 

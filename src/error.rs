@@ -43,7 +43,7 @@ pub enum Error {
     Source(#[from] SourceError),
 
     /// A Kubernetes API call failed.
-    #[error("kubernetes API error: {0}")]
+    #[error("kubernetes API error: {}", describe_kube(.0))]
     Kube(#[from] kube::Error),
 
     /// The object lacks a namespace or name (never the case for served objects).
@@ -106,4 +106,13 @@ pub enum StartError {
     /// Leader election settings that would let two replicas act at once.
     #[error("invalid leader election settings: {0}")]
     LeaderElection(String),
+}
+
+/// A kube error in one line: for an API status its code, reason and message (the status'
+/// own Debug form repeats all of them with empty fields).
+fn describe_kube(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
 }

@@ -51,6 +51,17 @@ pub fn trials(env: &Env) -> Vec<Trial> {
             })
         },
     ));
+    let e = env.clone();
+    trials.push(Trial::test(
+        "operator::a_refused_scale_write_is_reported_and_retried",
+        move || {
+            let rabbit = e.rabbitmq()?;
+            run(async move {
+                let cluster = Cluster::fake(true).await?;
+                refused_scale_write(&cluster, &rabbit).await
+            })
+        },
+    ));
     trials.push(Trial::test(
         "operator::api_server_refuses_invalid_specs",
         move || {
@@ -582,4 +593,58 @@ fn assert_eq_or(actual: i32, expected: i32, what: &str) -> Result<(), String> {
     } else {
         Err(format!("{what}: expected {expected}, got {actual}"))
     }
+}
+
+/// The API server refuses the `/scale` write three times: a Warning Event names the failure
+/// once, the reconcile is retried with backoff, and the count arrives once the server
+/// accepts.
+async fn refused_scale_write(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Result<(), String> {
+    let ns = "refused";
+    cluster.namespace(ns).await?;
+    cluster.secret(ns, "rabbit-creds", "guest", "guest").await?;
+    cluster.deployment(ns, "payments", 1).await?;
+    let r = rabbit.clone();
+    blocking(move || r.declare_queue("/", "refused")).await??;
+    let r = rabbit.clone();
+    blocking(move || r.publish("/", "refused", 400)).await??;
+    cluster.fail_requests(
+        "PATCH",
+        "/namespaces/refused/deployments/payments/scale",
+        500,
+        3,
+    );
+    cluster
+        .scaled_consumer(
+            ns,
+            "payments",
+            spec(rabbit, "payments", "refused", "rabbit-creds"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let _operator = cluster.start_operator(ns);
+    eventually(
+        "payments at 4 replicas",
+        Duration::from_secs(60),
+        || async { Ok((cluster.replicas(ns, "payments").await? == 4).then_some(())) },
+    )
+    .await?;
+    let events = cluster.events_for(ns, "payments").await?;
+    let failed: Vec<String> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ReconcileFailed"))
+        .map(|e| e.note.clone().unwrap_or_default())
+        .collect();
+    let scaled = events
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Normal") && e.reason.as_deref() == Some("Scaled"))
+        .count();
+    println!("  refused three times, then scaled 1 → 4; Events: {failed:?}, {scaled} Scaled");
+    if failed.len() != 1 || !failed[0].contains("refused by a test's failure rule") {
+        return Err(format!("ReconcileFailed events: {failed:?}"));
+    }
+    if scaled != 1 {
+        return Err(format!("{scaled} Scaled events for one change"));
+    }
+    let r = rabbit.clone();
+    blocking(move || r.delete_queue("/", "refused")).await?
 }

@@ -248,6 +248,18 @@ impl Handle {
         register_crd_docs(&self.shared, &path.display().to_string(), &text)
     }
 
+    /// Refuse the next `times` requests with `method` whose path ends with `path_suffix`
+    /// (e.g. `PATCH`, `/deployments/web/scale`), answering `code` — for tests of how a
+    /// client handles API failures.
+    pub fn fail_requests(&self, method: &str, path_suffix: &str, code: u16, times: u32) {
+        api::lock(&self.shared).failures.push(store::Failure {
+            method: method.to_string(),
+            path_suffix: path_suffix.to_string(),
+            code,
+            times,
+        });
+    }
+
     /// Stop serving and wait (briefly) for open connections to finish.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);

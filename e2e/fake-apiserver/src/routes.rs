@@ -77,6 +77,13 @@ fn route(
     body: Bytes,
 ) -> ApiResult<Response> {
     let path = uri.path();
+    if let Some(code) = lock(&st.shared).take_failure(method.as_str(), path) {
+        return Err(ApiError::new(
+            code,
+            "InternalError",
+            "refused by a test's failure rule",
+        ));
+    }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let not_found = || ApiError::no_route(path);
     let read_only = |resp: Value| -> ApiResult<Response> {

@@ -54,6 +54,18 @@ pub struct Store {
     compacted: u64,
     tx: broadcast::Sender<Arc<Event>>,
     seed: u64,
+    /// Requests to refuse (tests of error handling), first match wins.
+    pub failures: Vec<Failure>,
+}
+
+/// Refuse the next `times` requests with this method whose path ends with `path_suffix`,
+/// answering `code`.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub method: String,
+    pub path_suffix: String,
+    pub code: u16,
+    pub times: u32,
 }
 
 impl Store {
@@ -69,7 +81,22 @@ impl Store {
             compacted: 0,
             tx,
             seed,
+            failures: Vec::new(),
         }
+    }
+
+    /// The code to refuse this request with, if a failure rule matches (and counts it).
+    pub fn take_failure(&mut self, method: &str, path: &str) -> Option<u16> {
+        let i = self.failures.iter().position(|f| {
+            f.times > 0 && f.method.eq_ignore_ascii_case(method) && path.ends_with(&f.path_suffix)
+        })?;
+        let f = &mut self.failures[i];
+        f.times -= 1;
+        let code = f.code;
+        if f.times == 0 {
+            self.failures.remove(i);
+        }
+        Some(code)
     }
 
     pub fn resources(&self) -> &[ResourceInfo] {

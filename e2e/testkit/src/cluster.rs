@@ -126,6 +126,14 @@ impl Cluster {
         }
     }
 
+    /// Make the fake API server refuse the next `times` matching requests with `code` (a
+    /// no-op against a real cluster, where the trial should not run).
+    pub fn fail_requests(&self, method: &str, path_suffix: &str, code: u16, times: u32) {
+        if let Some(s) = &self._server {
+            s.fail_requests(method, path_suffix, code, times);
+        }
+    }
+
     /// Delete a namespace (and with it everything in it, on a real cluster).
     pub async fn delete_namespace(&self, name: &str) -> Result<(), String> {
         let api: Api<Namespace> = Api::all(self.client.clone());
