@@ -628,16 +628,23 @@ async fn refused_scale_write(cluster: &Cluster, rabbit: &Arc<RabbitMq>) -> Resul
         || async { Ok((cluster.replicas(ns, "payments").await? == 4).then_some(())) },
     )
     .await?;
-    let events = cluster.events_for(ns, "payments").await?;
-    let failed: Vec<String> = events
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("ReconcileFailed"))
-        .map(|e| e.note.clone().unwrap_or_default())
-        .collect();
-    let scaled = events
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Normal") && e.reason.as_deref() == Some("Scaled"))
-        .count();
+    // Events are published after the writes they report: wait for the Scaled one.
+    let (failed, scaled) = eventually("the Scaled Event", Duration::from_secs(30), || async {
+        let events = cluster.events_for(ns, "payments").await?;
+        let failed: Vec<String> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("ReconcileFailed"))
+            .map(|e| e.note.clone().unwrap_or_default())
+            .collect();
+        let scaled = events
+            .iter()
+            .filter(|e| {
+                e.type_.as_deref() == Some("Normal") && e.reason.as_deref() == Some("Scaled")
+            })
+            .count();
+        Ok((scaled > 0).then_some((failed, scaled)))
+    })
+    .await?;
     println!("  refused three times, then scaled 1 → 4; Events: {failed:?}, {scaled} Scaled");
     if failed.len() != 1 || !failed[0].contains("refused by a test's failure rule") {
         return Err(format!("ReconcileFailed events: {failed:?}"));

@@ -60,6 +60,11 @@ pub fn trials(env: &Env) -> Vec<Trial> {
     trials.push(with_moto("aws_mode_falls_back_to_client", env, |m| {
         run(aws_fallback(m))
     }));
+    trials.push(with_moto(
+        "aws_mode_follows_and_cancels_a_move_task",
+        env,
+        |m| run(aws_move_task(m)),
+    ));
     trials.push(with_moto("bad_inputs_get_clear_conditions", env, |m| {
         // A private server that checks signatures and IAM permissions.
         let guarded = Moto::start()?;
@@ -975,6 +980,116 @@ async fn bad_inputs(
     // Checked in code too, with the same verdict.
     if QueueArn::parse("arn:aws:sqs:us-east-1:12345:dlq").is_ok() {
         return Err("QueueArn accepted a malformed ARN".into());
+    }
+    Ok(())
+}
+
+/// `aws` mode against [`MoveTaskDouble`] (moto has no move-task API): nerite starts one
+/// task, follows it to COMPLETED and records what it moved; a second request, cancelled
+/// while it runs, ends Cancelled with every message in one of the two queues.
+async fn aws_move_task(moto: Arc<Moto>) -> Result<(), String> {
+    use nerite_testkit::sqs_move::MoveTaskDouble;
+    let double = MoveTaskDouble::start(&moto).await?;
+    let ns = "sqs-aws-task";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &["mover"]).await?;
+    let sqs = moto.sqs();
+    let src = sqs.create_queue("mover-src", &[]).await?;
+    let dlq = sqs.create_queue("mover-dlq", &[]).await?;
+    sqs.send(
+        &dlq,
+        &bodies("m", 50),
+        Some(("origin", "checkout")),
+        None,
+        None,
+    )
+    .await?;
+    let with_double = |request: &str, extra: Value| {
+        let mut s = redrive_source(&moto, "mover-src", "mover-dlq", request, extra);
+        s["endpoint"] = json!(double.endpoint);
+        s
+    };
+    cluster
+        .scaled_consumer(
+            ns,
+            "mover",
+            spec(
+                "mover",
+                with_double("t1", json!({"mode": "Aws", "maxMessagesPerSecond": 25})),
+                100,
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let _op = cluster.start_operator(ns);
+    let r = completed(&cluster, ns, "mover", "t1", Duration::from_secs(60)).await?;
+    if (r.state.as_str(), r.mode.as_str(), r.moved) != ("Completed", "Aws", 50) {
+        return Err(format!("unexpected outcome: {r:?}"));
+    }
+    let tasks = double.tasks();
+    if tasks.len() != 1
+        || tasks[0].rate != Some(25)
+        || r.task_handle.as_deref() != Some(tasks[0].handle.as_str())
+    {
+        return Err(format!("tasks {tasks:?}, status {r:?}"));
+    }
+    if has_event(&cluster, ns, "mover", "RedriveFallback")
+        .await?
+        .is_some()
+    {
+        return Err("fell back to client mode against a move-task API".into());
+    }
+    let back = sqs.drain(&src).await?;
+    if back.len() != 50
+        || back
+            .iter()
+            .any(|m| m.attributes.get("origin").map(String::as_str) != Some("checkout"))
+    {
+        return Err(format!("{} messages back on the source", back.len()));
+    }
+    println!("  aws mode: one move task, 50 moved at ≤ 25/s, attributes kept");
+
+    // A slow task, cancelled while it runs.
+    sqs.send(&dlq, &bodies("c", 200), None, None, None).await?;
+    cluster
+        .patch_scaled_consumer(
+            ns,
+            "mover",
+            json!({"spec": {"source": {"sqs": with_double("t2", json!({"mode": "Aws", "maxMessagesPerSecond": 5}))}}}),
+        )
+        .await?;
+    eventually("task t2 moving", Duration::from_secs(60), || async {
+        let r = redrive_status(&cluster, ns, "mover").await?;
+        Ok(r.filter(|r| r.request_id == "t2" && r.moved > 0).map(drop))
+    })
+    .await?;
+    cluster
+        .patch_scaled_consumer(
+            ns,
+            "mover",
+            json!({"spec": {"source": {"sqs": with_double("t2", json!({"mode": "Aws", "maxMessagesPerSecond": 5, "cancel": true}))}}}),
+        )
+        .await?;
+    let r = completed(&cluster, ns, "mover", "t2", Duration::from_secs(60)).await?;
+    let tasks = double.tasks();
+    let t2 = tasks.last().ok_or("no second task")?;
+    let (v_src, f_src, _) = sqs.depth(&src).await?;
+    let (v_dlq, f_dlq, _) = sqs.depth(&dlq).await?;
+    println!(
+        "  cancelled: {} moved of 200, task {}; source {} + DLQ {} messages",
+        r.moved,
+        t2.status,
+        v_src + f_src,
+        v_dlq + f_dlq
+    );
+    if r.state != "Cancelled" || t2.status != "CANCELLED" || r.moved >= 200 || r.moved <= 0 {
+        return Err(format!("cancel: {r:?} {t2:?}"));
+    }
+    if v_src + f_src + v_dlq + f_dlq != 200 {
+        return Err(format!(
+            "{} messages in the two queues after the cancel (want 200)",
+            v_src + f_src + v_dlq + f_dlq
+        ));
     }
     Ok(())
 }

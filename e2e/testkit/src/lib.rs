@@ -9,3 +9,4 @@ pub mod kafka;
 pub mod moto;
 pub mod ops;
 pub mod rabbitmq;
+pub mod sqs_move;
