@@ -104,6 +104,36 @@ pub struct Extras {
     state: Mutex<HashMap<String, ObjState>>,
 }
 
+/// The extras of a source read through AMQP alone: there are none (prefetch, dead-lettering
+/// and redrive need the management API, and validation refuses their sections). Clears what
+/// a management-API source left in the status, and answers a redrive annotation with why it
+/// cannot run.
+pub fn amqp_only(sc: &ScaledConsumer) -> Outcome {
+    let mut out = Outcome {
+        status: None,
+        conditions: Vec::new(),
+        remove: vec![DEAD_LETTERING, PREFETCH, REDRIVE],
+    };
+    if let Some(request) = sc
+        .annotations()
+        .get(REDRIVE_ANNOTATION)
+        .filter(|r| !r.is_empty())
+    {
+        out.remove.retain(|c| *c != REDRIVE);
+        out.conditions.push(CondUpdate::new(
+            REDRIVE,
+            false,
+            "NeedsManagementApi",
+            format!(
+                "redrive request {request:?} not carried out: redrive moves messages with the \
+                 management API's shovels, and this source reads through amqpUrl only; set \
+                 managementUrl and deadLetter to redrive"
+            ),
+        ));
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
