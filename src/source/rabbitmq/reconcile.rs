@@ -893,3 +893,47 @@ async fn set_up_dead_letter(
         message: (!notes.is_empty()).then(|| notes.join("; ")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(annotations: serde_json::Value) -> ScaledConsumer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "nerite.dev/v1alpha1",
+            "kind": "ScaledConsumer",
+            "metadata": {"name": "x", "namespace": "ns", "annotations": annotations},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+                "maxReplicas": 3,
+                "source": {"rabbitmq": {"amqpUrl": "amqp://r:5672", "queue": "q",
+                            "credentialsSecretRef": {"name": "s"}}},
+                "objective": {"backlogPerReplica": 100}
+            },
+            "status": {"rabbitmq": {}}
+        }))
+        .expect("test object deserializes")
+    }
+
+    #[test]
+    fn amqp_only_clears_the_extras() {
+        let out = amqp_only(&object(serde_json::json!({})));
+        assert_eq!(out.status, None);
+        assert!(out.conditions.is_empty());
+        assert_eq!(out.remove, [DEAD_LETTERING, PREFETCH, REDRIVE]);
+    }
+
+    #[test]
+    fn amqp_only_refuses_a_redrive_request() {
+        let out = amqp_only(&object(serde_json::json!({REDRIVE_ANNOTATION: "r1"})));
+        assert_eq!(out.remove, [DEAD_LETTERING, PREFETCH]);
+        let [c] = out.conditions.as_slice() else {
+            panic!("one condition: {:?}", out.conditions)
+        };
+        assert_eq!(
+            (c.type_, c.status, c.reason.as_str()),
+            (REDRIVE, false, "NeedsManagementApi")
+        );
+        assert!(c.message.contains("\"r1\"") && c.message.contains("managementUrl"));
+    }
+}
