@@ -457,6 +457,15 @@ async fn tick(
         let history = st
             .history
             .get_or_insert_with(|| seeded_history(sc, current, now));
+        if let ValidSource::RabbitMq {
+            access: RabbitMqAccess::Amqp(_),
+            ..
+        } = &valid.source
+        {
+            // AMQP gives no rates: a throughput measured before a switch from the management
+            // API could never be refreshed, so the backlog objective decides.
+            history.per_replica_throughput = None;
+        }
         let input = match &observed {
             Ok(obs) => Input::Observed(obs),
             Err(_) => Input::Unavailable,

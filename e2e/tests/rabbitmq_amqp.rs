@@ -29,7 +29,7 @@ const CONNECTION_NAME: &str = "nerite/";
 type SharedTrial = fn(&RabbitMq) -> Result<(), String>;
 
 pub fn trials(env: &Env) -> Vec<Trial> {
-    let shared: [(&str, SharedTrial); 6] = [
+    let shared: [(&str, SharedTrial); 7] = [
         ("rabbitmq_amqp::ready_and_consumers", ready_and_consumers),
         (
             "rabbitmq_amqp::one_connection_per_vhost_and_login",
@@ -45,6 +45,7 @@ pub fn trials(env: &Env) -> Vec<Trial> {
             "rabbitmq_amqp::user_without_vhost_access",
             user_without_vhost_access,
         ),
+        ("rabbitmq_amqp::least_privilege_user", least_privilege_user),
     ];
     let mut trials: Vec<Trial> = shared
         .into_iter()
@@ -388,6 +389,28 @@ fn user_without_vhost_access(rabbit: &RabbitMq) -> Result<(), String> {
     let e = probe.expect_error(&t)?;
     eprintln!("rabbitmq_amqp: no vhost access: {e}");
     expect("error", &e, |e| matches!(e, SourceError::Forbidden { .. }))
+}
+
+/// A passive declare needs no permission on the queue: a user whose permissions on the vhost
+/// match nothing reads it (what `docs/rabbitmq.md` recommends for the AMQP-only mode).
+fn least_privilege_user(rabbit: &RabbitMq) -> Result<(), String> {
+    let vhost = "amqp-privilege";
+    rabbit.add_vhost(vhost)?;
+    rabbit.declare_queue(vhost, "watched")?;
+    rabbit.publish(vhost, "watched", 2)?;
+    rabbit.add_user("amqp-reader", "Reader-Amqp-12", "")?;
+    let mut t = target(&rabbit.amqp_url(), vhost, "watched");
+    t.credentials = Credentials::new("amqp-reader", "Reader-Amqp-12");
+    for (configure, write, read) in [("^$", "^$", "^$"), ("^$", "^$", ".*")] {
+        rabbit.set_permissions(vhost, "amqp-reader", configure, write, read)?;
+        // A new reader: a new connection, so no permission the broker cached for a channel.
+        let probe = Probe::new(TIMEOUT)?;
+        let o = probe
+            .observe(&t)
+            .map_err(|e| format!("permissions {configure:?} {write:?} {read:?}: {e}"))?;
+        expect("backlog", &o.backlog, |b| *b == 2)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -336,8 +336,7 @@ pub fn classify(
                 (code::ACCESS_REFUSED, _) => SourceError::Forbidden {
                     endpoint,
                     detail: clean(format!(
-                        "user {user:?} may not read queue {:?} in vhost {vhost:?} (ACCESS_REFUSED); \
-                         a passive declare needs the configure permission on the queue",
+                        "user {user:?} was refused queue {:?} in vhost {vhost:?}: {text}",
                         target.queue
                     )),
                 },
@@ -837,7 +836,7 @@ mod tests {
             closed(403, "ACCESS_REFUSED - access to queue 'orders' refused"),
             Stage::Declare,
         ) {
-            SourceError::Forbidden { detail, .. } => assert!(detail.contains("configure")),
+            SourceError::Forbidden { detail, .. } => assert!(detail.contains("refused queue")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
