@@ -103,7 +103,7 @@ pub struct ScaleTargetRef {
 #[x_kube(validation = Rule::new("[has(self.rabbitmq), has(self.sqs), has(self.kafka)].filter(x, x).size() == 1").message("exactly one source must be set (supported: rabbitmq, sqs, kafka)"))]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
-    /// A RabbitMQ queue, read through the management HTTP API.
+    /// A RabbitMQ queue, read through the management HTTP API or through AMQP alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitMqSource>,
     /// An Amazon SQS queue (depth from GetQueueAttributes), with optional dead-letter
@@ -139,15 +139,31 @@ impl SourceSpec {
     }
 }
 
-/// A RabbitMQ queue observed through the management plugin's HTTP API.
+/// A RabbitMQ queue, observed through the management plugin's HTTP API (`managementUrl`) or,
+/// for brokers without it, through AMQP alone (`amqpUrl`: ready and consumer counts only).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("self.managementUrl.startsWith('http://') || self.managementUrl.startsWith('https://')").message("managementUrl must be an http:// or https:// URL"))]
+#[x_kube(validation = Rule::new("[has(self.managementUrl), has(self.amqpUrl)].filter(x, x).size() == 1").message("exactly one of managementUrl and amqpUrl must be set"))]
+#[x_kube(validation = Rule::new("!has(self.managementUrl) || self.managementUrl.startsWith('http://') || self.managementUrl.startsWith('https://')").message("managementUrl must be an http:// or https:// URL"))]
+#[x_kube(validation = Rule::new("!has(self.amqpUrl) || self.amqpUrl.startsWith('amqp://') || self.amqpUrl.startsWith('amqps://')").message("amqpUrl must be an amqp:// or amqps:// URL"))]
+#[x_kube(validation = Rule::new("!has(self.amqpUrl) || !has(self.prefetch)").message("prefetch needs managementUrl: through amqpUrl nerite sees no unacknowledged messages and no ack rate"))]
+#[x_kube(validation = Rule::new("!has(self.amqpUrl) || !has(self.deadLetter)").message("deadLetter (dead-lettering and redrive) needs managementUrl: it is managed through the management API"))]
 #[serde(rename_all = "camelCase")]
 pub struct RabbitMqSource {
     /// Base URL of the management API, e.g. `http://rabbitmq.default.svc:15672`.
-    /// Must not contain credentials: use `credentialsSecretRef`.
+    /// Must not contain credentials: use `credentialsSecretRef`. Exactly one of
+    /// `managementUrl` and `amqpUrl` must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub management_url: String,
+    pub management_url: Option<String>,
+    /// AMQP-only mode, for brokers without the management plugin:
+    /// `amqp://host[:port]` or `amqps://host[:port]`, e.g. `amqp://rabbitmq.default.svc:5672`.
+    /// nerite reads the queue with a passive declare, which gives the ready count and the
+    /// consumer count only: no unacknowledged count, no rates, so no prefetch, no
+    /// dead-lettering and no redrive (see docs/rabbitmq.md). Must not contain credentials
+    /// or a vhost: use `credentialsSecretRef` and `vhost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub amqp_url: Option<String>,
     /// Virtual host of the queue.
     #[serde(default = "default_vhost")]
     #[schemars(length(min = 1))]
@@ -155,10 +171,12 @@ pub struct RabbitMqSource {
     /// Queue name.
     #[schemars(length(min = 1, max = 255))]
     pub queue: String,
-    /// Secret (in the ScaledConsumer's namespace) holding the management API user.
+    /// Secret (in the ScaledConsumer's namespace) holding the user nerite logs in as
+    /// (management API or AMQP).
     pub credentials_secret_ref: SecretKeysRef,
     /// Whether delivered-but-unacknowledged messages count toward the backlog
-    /// (KEDA's `QueueLength` mode counts them). Default true.
+    /// (KEDA's `QueueLength` mode counts them). Default true. Has no effect with `amqpUrl`,
+    /// which sees ready messages only.
     #[serde(default = "default_true")]
     pub include_unacked: bool,
     /// Prefetch tuning: recommend (or apply) a consumer prefetch that fits the measured

@@ -247,8 +247,11 @@ fn simulate(a: SimulateArgs) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // lapin (the AMQP-only RabbitMQ source) logs every broker refusal at error level, each
+    // poll; nerite reports the same failures once, classified, as conditions, Events and a
+    // warning. RUST_LOG still turns lapin's own lines on.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,lapin=off"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),

@@ -29,14 +29,17 @@ use crate::metrics::{Health, Metrics};
 use crate::policy::{self, Decision, History, Input, Limit};
 use crate::source::kafka::reconcile::{self as kafka_reconcile, TickOutcome as KafkaTickOutcome};
 use crate::source::kafka::{KafkaApi, KafkaReading, KafkaTarget};
+use crate::source::rabbitmq::amqp::{AmqpReader, AmqpTarget};
 use crate::source::rabbitmq::poller::SharedPoller;
-use crate::source::rabbitmq::reconcile::{Extras as RabbitMqExtras, Inputs as RabbitMqInputs};
+use crate::source::rabbitmq::reconcile::{
+    self as rabbitmq_reconcile, Extras as RabbitMqExtras, Inputs as RabbitMqInputs,
+};
 use crate::source::rabbitmq::{ManagementApi, RabbitMqTarget};
 use crate::source::sqs::deadletter::{self, SqsTickOutcome};
 use crate::source::sqs::{SqsApi, SqsTarget};
 use crate::source::{Observation, Source};
 use crate::status::{self, CondUpdate, READY, SCALING_LIMITED, SOURCE_REACHABLE};
-use crate::validate::{self, ValidSource, ValidSpec, ValidSqs};
+use crate::validate::{self, RabbitMqAccess, ValidSource, ValidSpec, ValidSqs};
 
 /// Operator settings (from the command line).
 #[derive(Clone, Debug)]
@@ -92,6 +95,8 @@ pub struct Context {
     kube: Arc<KubeIo>,
     /// One management-API listing per endpoint and vhost serves every object there.
     rabbitmq: SharedPoller,
+    /// RabbitMQ sources read through AMQP alone: one connection per endpoint, vhost and login.
+    rabbitmq_amqp: AmqpReader,
     /// Prefetch, dead-lettering and redrive of RabbitMQ sources.
     rabbitmq_extras: RabbitMqExtras,
     /// One SDK client per region and endpoint.
@@ -241,6 +246,7 @@ async fn run_controller(
     let ctx = Arc::new(Context {
         kube: Arc::new(KubeIo::new(client.clone(), config.instance.clone())),
         rabbitmq: SharedPoller::new(Arc::new(ManagementApi::new(config.source_timeout))),
+        rabbitmq_amqp: AmqpReader::new(config.source_timeout),
         rabbitmq_extras: RabbitMqExtras::new(),
         sqs: SqsApi::new(config.source_timeout),
         kafka: KafkaApi::new(config.source_timeout),
@@ -465,6 +471,15 @@ async fn tick(
         let history = st
             .history
             .get_or_insert_with(|| seeded_history(sc, current, now));
+        if let ValidSource::RabbitMq {
+            access: RabbitMqAccess::Amqp(_),
+            ..
+        } = &valid.source
+        {
+            // AMQP gives no rates: a throughput measured before a switch from the management
+            // API could never be refreshed, so the backlog objective decides.
+            history.per_replica_throughput = None;
+        }
         let input = match &observed {
             Ok(obs) => Input::Observed(obs),
             Err(_) => Input::Unavailable,
@@ -526,8 +541,15 @@ async fn tick(
     let source_error = observed.as_ref().err();
     report_source_error(sc, ctx, key, source_error).await;
 
-    // RabbitMQ prefetch, dead-lettering and redrive.
+    // RabbitMQ prefetch, dead-lettering and redrive (management API only).
     let rabbitmq = match (&valid.source, &rabbit_target) {
+        (
+            ValidSource::RabbitMq {
+                access: RabbitMqAccess::Amqp(_),
+                ..
+            },
+            _,
+        ) if has_rabbitmq_extras(sc) => Some(rabbitmq_reconcile::amqp_only(sc)),
         (
             ValidSource::RabbitMq {
                 prefetch,
@@ -654,7 +676,7 @@ impl Observed {
 async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Observed {
     match &valid.source {
         ValidSource::RabbitMq {
-            management_url,
+            access,
             vhost,
             queue,
             include_unacked,
@@ -665,23 +687,34 @@ async fn observe(valid: &ValidSpec, namespace: &str, ctx: &Context) -> Observed 
                 Ok(c) => c,
                 Err(e) => return Observed::plain(Err(e)),
             };
-            let target = RabbitMqTarget {
-                management_url: management_url.clone(),
-                vhost: vhost.clone(),
-                queue: queue.clone(),
-                include_unacked: *include_unacked,
-                credentials: creds,
+            let max_age = valid.policy.poll_interval / 2;
+            let (res, target) = match access {
+                RabbitMqAccess::Management(management_url) => {
+                    let target = RabbitMqTarget {
+                        management_url: management_url.clone(),
+                        vhost: vhost.clone(),
+                        queue: queue.clone(),
+                        include_unacked: *include_unacked,
+                        credentials: creds,
+                    };
+                    (ctx.rabbitmq.observe(&target, max_age).await, Some(target))
+                }
+                RabbitMqAccess::Amqp(amqp_url) => {
+                    let target = AmqpTarget {
+                        amqp_url: amqp_url.clone(),
+                        vhost: vhost.clone(),
+                        queue: queue.clone(),
+                        credentials: creds,
+                    };
+                    (ctx.rabbitmq_amqp.observe(&target, max_age).await, None)
+                }
             };
-            let res = ctx
-                .rabbitmq
-                .observe(&target, valid.policy.poll_interval / 2)
-                .await;
             if let Err(crate::source::SourceError::Unauthorized { .. }) = &res {
                 ctx.kube.forget_secret(namespace, &credentials.name);
             }
             Observed {
                 result: res.map_err(Error::from),
-                rabbitmq: Some(target),
+                rabbitmq: target,
                 kafka: None,
             }
         }
@@ -941,11 +974,24 @@ fn build_status(
     match i.error {
         None => {
             let backlog = i.observation.map(|o| o.backlog).unwrap_or_default();
+            let through = match &valid.source {
+                ValidSource::RabbitMq {
+                    access: RabbitMqAccess::Amqp(_),
+                    ..
+                } => {
+                    " through AMQP (ready messages only: no unacknowledged count, no \
+                     publish or ack rates)"
+                }
+                _ => "",
+            };
             updates.push(CondUpdate::new(
                 SOURCE_REACHABLE,
                 true,
                 "Observed",
-                format!("read {}: backlog {backlog}", sc.spec.source.describe()),
+                format!(
+                    "read {}{through}: backlog {backlog}",
+                    sc.spec.source.describe()
+                ),
             ));
             updates.push(CondUpdate::new(
                 READY,

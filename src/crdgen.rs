@@ -224,6 +224,74 @@ mod tests {
         }
     }
 
+    /// The base object read through AMQP alone.
+    fn amqp() -> Value {
+        let mut v = with("/spec/source/rabbitmq/managementUrl", Value::Null);
+        v["spec"]["source"]["rabbitmq"]["amqpUrl"] = json!("amqp://rabbitmq:5672");
+        v
+    }
+
+    fn amqp_with(field: &str, value: Value) -> Value {
+        let mut v = amqp();
+        v["spec"]["source"]["rabbitmq"][field] = value;
+        v
+    }
+
+    fn rejected_with(obj: &Value, message: &str) -> Result<(), String> {
+        let errors = admission_errors(obj);
+        if errors.iter().any(|e| e.contains(message)) {
+            Ok(())
+        } else {
+            Err(format!("expected {message:?}, got {errors:?}"))
+        }
+    }
+
+    #[test]
+    fn amqp_only_source_is_admitted() {
+        assert_eq!(admission_errors(&amqp()), Vec::<String>::new());
+        let tls = amqp_with("amqpUrl", json!("amqps://rabbitmq.example:5671"));
+        assert_eq!(admission_errors(&tls), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cel_refuses_what_amqp_cannot_do() -> Result<(), String> {
+        let both = amqp_with("managementUrl", json!("http://rabbitmq:15672"));
+        rejected_with(
+            &both,
+            "exactly one of managementUrl and amqpUrl must be set",
+        )?;
+        let neither = with("/spec/source/rabbitmq/managementUrl", Value::Null);
+        rejected_with(
+            &neither,
+            "exactly one of managementUrl and amqpUrl must be set",
+        )?;
+        rejected_with(
+            &amqp_with("amqpUrl", json!("http://rabbitmq:15672")),
+            "amqpUrl must be an amqp:// or amqps:// URL",
+        )?;
+        rejected_with(
+            &amqp_with("prefetch", json!({"mode": "Recommend"})),
+            "prefetch needs managementUrl",
+        )?;
+        rejected_with(
+            &amqp_with("deadLetter", json!({"redrive": {"requestId": "r1"}})),
+            "deadLetter (dead-lettering and redrive) needs managementUrl",
+        )?;
+        // The code's validation refuses the same objects.
+        for obj in [
+            both,
+            neither,
+            amqp_with("prefetch", json!({"mode": "Off"})),
+            amqp_with("deadLetter", json!({})),
+        ] {
+            let sc: ScaledConsumer = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+            if crate::validate::validate(&sc.spec).is_ok() {
+                return Err(format!("validate admitted {:?}", sc.spec.source));
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn cel_messages_are_clear() {
         let errors = admission_errors(&with("/spec/minReplicas", json!(11)));

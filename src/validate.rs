@@ -27,7 +27,7 @@ pub struct ValidSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ValidSource {
     RabbitMq {
-        management_url: String,
+        access: RabbitMqAccess,
         vhost: String,
         queue: String,
         include_unacked: bool,
@@ -37,6 +37,22 @@ pub enum ValidSource {
     },
     Sqs(ValidSqs),
     Kafka(ValidKafka),
+}
+
+/// How a RabbitMQ source is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RabbitMqAccess {
+    /// The management HTTP API at this base URL: depth, unacknowledged count and rates.
+    Management(String),
+    /// AMQP alone at this URL (`amqp://` or `amqps://`): ready and consumer counts only.
+    Amqp(String),
+}
+
+impl RabbitMqAccess {
+    /// True for the management API, which prefetch, dead-lettering and redrive need.
+    pub fn is_management(&self) -> bool {
+        matches!(self, RabbitMqAccess::Management(_))
+    }
 }
 
 /// A checked Kafka source.
@@ -529,8 +545,14 @@ fn check_source(spec: &ScaledConsumerSpec, p: &mut Problems) -> Option<ValidSour
     check_rabbitmq(r, p);
     let prefetch = check_prefetch(r, p);
     let dead_letter = check_dead_letter(r, p);
+    let access = match (&r.management_url, &r.amqp_url) {
+        (Some(url), None) => RabbitMqAccess::Management(url.clone()),
+        (None, Some(url)) => RabbitMqAccess::Amqp(url.trim().to_string()),
+        // Reported by check_rabbitmq.
+        _ => return None,
+    };
     Some(ValidSource::RabbitMq {
-        management_url: r.management_url.clone(),
+        access,
         vhost: r.vhost.clone(),
         queue: r.queue.clone(),
         include_unacked: r.include_unacked,
@@ -905,9 +927,42 @@ fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLe
 }
 
 fn check_rabbitmq(r: &RabbitMqSource, p: &mut Problems) {
-    const FIELD: &str = "spec.source.rabbitmq.managementUrl";
-    if let Some(problem) = management_url_problem(&r.management_url) {
-        p.add(format!("{FIELD} {problem}"));
+    const F: &str = "spec.source.rabbitmq";
+    match (&r.management_url, &r.amqp_url) {
+        (Some(_), Some(_)) => p.add(format!(
+            "{F}: set exactly one of managementUrl and amqpUrl, not both (managementUrl reads \
+             the management HTTP API; amqpUrl reads through AMQP alone)"
+        )),
+        (None, None) => p.add(format!(
+            "{F}: set exactly one of managementUrl (the management HTTP API) and amqpUrl \
+             (AMQP alone, for brokers without the management plugin)"
+        )),
+        _ => {}
+    }
+    if let Some(url) = &r.management_url
+        && let Some(problem) = management_url_problem(url)
+    {
+        p.add(format!("{F}.managementUrl {problem}"));
+    }
+    if let Some(url) = &r.amqp_url {
+        if let Some(problem) = amqp_url_problem(url) {
+            p.add(format!("{F}.amqpUrl {problem}"));
+        }
+        // What AMQP cannot see: the same rules as the CRD's.
+        if r.prefetch.is_some() {
+            p.add(format!(
+                "{F}.prefetch needs managementUrl: through amqpUrl nerite sees no \
+                 unacknowledged messages and no ack rate, which prefetch tuning measures; \
+                 remove prefetch or read the queue through managementUrl"
+            ));
+        }
+        if r.dead_letter.is_some() {
+            p.add(format!(
+                "{F}.deadLetter needs managementUrl: dead-letter policies, the dead-letter \
+                 queue's depth and redrive go through the management API; remove deadLetter \
+                 or read the queue through managementUrl"
+            ));
+        }
     }
     p.non_empty("spec.source.rabbitmq.vhost", &r.vhost, None);
     p.non_empty("spec.source.rabbitmq.queue", &r.queue, Some(255));
@@ -1046,6 +1101,27 @@ fn management_url_problem(raw: &str) -> Option<String> {
         return Some("must name a host".to_string());
     }
     None
+}
+
+/// What is wrong with an AMQP URL, phrased to follow the field name. Never includes the URL
+/// itself.
+fn amqp_url_problem(raw: &str) -> Option<String> {
+    if raw.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    // The CRD's CEL rule is a case-sensitive prefix check; mirror it exactly.
+    if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
+        return Some("must be an amqp:// or amqps:// URL".to_string());
+    }
+    match crate::source::rabbitmq::amqp::AmqpEndpoint::parse(raw) {
+        Ok(_) => None,
+        Err(crate::source::SourceError::InvalidConfig(why)) => Some(
+            why.strip_prefix("the AMQP URL ")
+                .map(str::to_owned)
+                .unwrap_or(why),
+        ),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 fn check_rules(
@@ -1195,7 +1271,7 @@ mod tests {
         assert_eq!(p.startup_delay, Duration::from_secs(20));
         assert_eq!(v.target.name, "worker");
         let ValidSource::RabbitMq {
-            management_url,
+            access,
             vhost,
             queue,
             include_unacked,
@@ -1205,7 +1281,10 @@ mod tests {
         else {
             panic!("a RabbitMQ source")
         };
-        assert_eq!(management_url, "http://rabbitmq.default.svc:15672");
+        assert_eq!(
+            access,
+            RabbitMqAccess::Management("http://rabbitmq.default.svc:15672".into())
+        );
         assert_eq!(vhost, "/");
         assert_eq!(queue, "orders");
         assert!(include_unacked);
@@ -1612,6 +1691,133 @@ mod tests {
             validate(&spec(with(
                 base(),
                 "/source/rabbitmq/managementUrl",
+                json!(ok),
+            )))
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    fn amqp_base() -> Value {
+        let mut v = base();
+        if let Some(r) = v["source"]["rabbitmq"].as_object_mut() {
+            r.remove("managementUrl");
+            r.insert("amqpUrl".into(), json!("amqp://rabbitmq.default.svc:5672"));
+        }
+        v
+    }
+
+    #[test]
+    fn amqp_url_is_carried_over() {
+        let v = validate(&spec(amqp_base())).expect("an AMQP-only source is valid");
+        let ValidSource::RabbitMq { access, queue, .. } = v.source else {
+            panic!("a RabbitMQ source")
+        };
+        assert_eq!(
+            access,
+            RabbitMqAccess::Amqp("amqp://rabbitmq.default.svc:5672".into())
+        );
+        assert!(!access.is_management());
+        assert_eq!(queue, "orders");
+    }
+
+    #[test]
+    fn exactly_one_of_management_and_amqp_url() {
+        let both = with(
+            base(),
+            "/source/rabbitmq/amqpUrl",
+            json!("amqp://rabbitmq:5672"),
+        );
+        let p = one_problem(both);
+        assert!(
+            p.starts_with(
+                "spec.source.rabbitmq: set exactly one of managementUrl and amqpUrl, not both"
+            ),
+            "{p}"
+        );
+        let mut neither = base();
+        if let Some(r) = neither["source"]["rabbitmq"].as_object_mut() {
+            r.remove("managementUrl");
+        }
+        let p = one_problem(neither);
+        assert!(
+            p.starts_with(
+                "spec.source.rabbitmq: set exactly one of managementUrl (the management HTTP API) \
+                 and amqpUrl (AMQP alone"
+            ),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn amqp_url_refuses_what_amqp_cannot_see() {
+        let v = with(
+            amqp_base(),
+            "/source/rabbitmq/prefetch",
+            json!({"mode": "Recommend"}),
+        );
+        let p = one_problem(v);
+        assert!(
+            p.starts_with("spec.source.rabbitmq.prefetch needs managementUrl"),
+            "{p}"
+        );
+        assert!(
+            p.contains("no unacknowledged messages and no ack rate"),
+            "{p}"
+        );
+        let v = with(
+            amqp_base(),
+            "/source/rabbitmq/deadLetter",
+            json!({"redrive": {"requestId": "r1"}}),
+        );
+        let p = one_problem(v);
+        assert!(
+            p.starts_with("spec.source.rabbitmq.deadLetter needs managementUrl"),
+            "{p}"
+        );
+        assert!(p.contains("redrive"), "{p}");
+        let v = with(amqp_base(), "/source/rabbitmq/deadLetter", json!({}));
+        let v = with(v, "/source/rabbitmq/prefetch", json!({"mode": "Off"}));
+        assert_eq!(problems(v).len(), 2);
+        // The same sections with managementUrl are fine.
+        let v = with(base(), "/source/rabbitmq/deadLetter", json!({}));
+        let v = with(v, "/source/rabbitmq/prefetch", json!({"mode": "Recommend"}));
+        validate(&spec(v)).expect("management source with prefetch and deadLetter");
+    }
+
+    #[test]
+    fn bad_amqp_urls() {
+        for (url, want) in [
+            (
+                "http://rabbitmq:15672",
+                "must be an amqp:// or amqps:// URL",
+            ),
+            ("AMQP://rabbitmq", "must be an amqp:// or amqps:// URL"),
+            ("rabbitmq:5672", "must be an amqp:// or amqps:// URL"),
+            ("", "must not be empty"),
+            (
+                "amqp://guest:s3cr3t@rabbitmq",
+                "must not contain credentials (user info before the host): use credentialsSecretRef",
+            ),
+            ("amqp://rabbitmq/%2f", "must not name a vhost in its path"),
+            ("amqp://rabbitmq?heartbeat=5", "must not have a query"),
+            ("amqp://", "has no host"),
+        ] {
+            let v = with(amqp_base(), "/source/rabbitmq/amqpUrl", json!(url));
+            let p = one_problem(v);
+            assert!(
+                p.starts_with(&format!("spec.source.rabbitmq.amqpUrl {want}")),
+                "{url:?}: {p}"
+            );
+            assert!(!p.contains("s3cr3t"), "{p}");
+        }
+        for ok in [
+            "amqps://rmq.example",
+            "amqp://10.0.0.1:5672/",
+            "amqp://[::1]:5672",
+        ] {
+            validate(&spec(with(
+                amqp_base(),
+                "/source/rabbitmq/amqpUrl",
                 json!(ok),
             )))
             .unwrap_or_else(|e| panic!("{ok}: {e}"));

@@ -1,6 +1,7 @@
 //! End-to-end tests against real servers started by the project's own scripts:
-//! RabbitMQ (`e2e/rabbitmq.sh`), moto's SQS (`e2e/moto.sh`), tansu's Kafka protocol
-//! (`e2e/kafka.sh`) and the in-repo fake Kubernetes API server.
+//! RabbitMQ (`e2e/rabbitmq.sh`, read through the management API and through AMQP), moto's
+//! SQS (`e2e/moto.sh`), tansu's Kafka protocol (`e2e/kafka.sh`) and the in-repo fake
+//! Kubernetes API server.
 //!
 //! One process runs every trial so that one RabbitMQ serves them all; trials that stop
 //! their broker start a private one.
@@ -9,6 +10,7 @@ mod kafka;
 mod leader;
 mod operator;
 mod packaging;
+mod rabbitmq_amqp;
 mod rabbitmq_deadletter;
 mod rabbitmq_prefetch;
 mod rabbitmq_source;
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let env = support::Env::new();
     let mut trials = Vec::new();
     trials.extend(rabbitmq_source::trials(&env));
+    trials.extend(rabbitmq_amqp::trials(&env));
     trials.extend(rabbitmq_deadletter::trials(&env));
     trials.extend(rabbitmq_prefetch::trials(&env));
     trials.extend(operator::trials(&env));

@@ -194,6 +194,29 @@ impl RabbitMq {
         format!("http://127.0.0.1:{}", self.management_port)
     }
 
+    /// The broker's AMQP URL, e.g. `amqp://127.0.0.1:35672` (no credentials, no vhost).
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://127.0.0.1:{}", self.amqp_port)
+    }
+
+    /// Connections open at the broker for this user whose client named them with this
+    /// prefix (AMQP `connection_name`), as the management API lists them.
+    pub fn connections_of(&self, user: &str, prefix: &str) -> Result<usize, String> {
+        let list = self.call(reqwest::Method::GET, "connections", None)?;
+        let list = list
+            .as_array()
+            .ok_or_else(|| format!("connections: not a list: {list}"))?;
+        Ok(list
+            .iter()
+            .filter(|c| {
+                c["user"].as_str() == Some(user)
+                    && c["client_properties"]["connection_name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(prefix))
+            })
+            .count())
+    }
+
     /// Directory holding the broker's files (logs under `log/`).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()

@@ -1,4 +1,5 @@
-//! RabbitMQ queue depth and rates from the management plugin's HTTP API.
+//! RabbitMQ queue depth and rates from the management plugin's HTTP API, or depth alone
+//! through AMQP ([`amqp`], for brokers without the management plugin).
 //!
 //! One observation is one `GET /api/queues/{vhost}/{queue}?columns=...` (nested columns such as
 //! `message_stats.publish_details.rate` work on RabbitMQ 3.10 and later). Only when that answers
@@ -17,6 +18,7 @@
 //! the writes (dead-letter topology, policies, shovels), [`prefetch`], [`deadletter`] and
 //! [`redrive`] the pure decisions, and [`reconcile`] ties them to one ScaledConsumer.
 
+pub mod amqp;
 pub mod deadletter;
 pub mod manage;
 pub mod poller;

@@ -104,6 +104,36 @@ pub struct Extras {
     state: Mutex<HashMap<String, ObjState>>,
 }
 
+/// The extras of a source read through AMQP alone: there are none (prefetch, dead-lettering
+/// and redrive need the management API, and validation refuses their sections). Clears what
+/// a management-API source left in the status, and answers a redrive annotation with why it
+/// cannot run.
+pub fn amqp_only(sc: &ScaledConsumer) -> Outcome {
+    let mut out = Outcome {
+        status: None,
+        conditions: Vec::new(),
+        remove: vec![DEAD_LETTERING, PREFETCH, REDRIVE],
+    };
+    if let Some(request) = sc
+        .annotations()
+        .get(REDRIVE_ANNOTATION)
+        .filter(|r| !r.is_empty())
+    {
+        out.remove.retain(|c| *c != REDRIVE);
+        out.conditions.push(CondUpdate::new(
+            REDRIVE,
+            false,
+            "NeedsManagementApi",
+            format!(
+                "redrive request {request:?} not carried out: redrive moves messages with the \
+                 management API's shovels, and this source reads through amqpUrl only; set \
+                 managementUrl and deadLetter to redrive"
+            ),
+        ));
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -862,4 +892,48 @@ async fn set_up_dead_letter(
         depth: None,
         message: (!notes.is_empty()).then(|| notes.join("; ")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(annotations: serde_json::Value) -> ScaledConsumer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "nerite.dev/v1alpha1",
+            "kind": "ScaledConsumer",
+            "metadata": {"name": "x", "namespace": "ns", "annotations": annotations},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+                "maxReplicas": 3,
+                "source": {"rabbitmq": {"amqpUrl": "amqp://r:5672", "queue": "q",
+                            "credentialsSecretRef": {"name": "s"}}},
+                "objective": {"backlogPerReplica": 100}
+            },
+            "status": {"rabbitmq": {}}
+        }))
+        .expect("test object deserializes")
+    }
+
+    #[test]
+    fn amqp_only_clears_the_extras() {
+        let out = amqp_only(&object(serde_json::json!({})));
+        assert_eq!(out.status, None);
+        assert!(out.conditions.is_empty());
+        assert_eq!(out.remove, [DEAD_LETTERING, PREFETCH, REDRIVE]);
+    }
+
+    #[test]
+    fn amqp_only_refuses_a_redrive_request() {
+        let out = amqp_only(&object(serde_json::json!({REDRIVE_ANNOTATION: "r1"})));
+        assert_eq!(out.remove, [DEAD_LETTERING, PREFETCH]);
+        let [c] = out.conditions.as_slice() else {
+            panic!("one condition: {:?}", out.conditions)
+        };
+        assert_eq!(
+            (c.type_, c.status, c.reason.as_str()),
+            (REDRIVE, false, "NeedsManagementApi")
+        );
+        assert!(c.message.contains("\"r1\"") && c.message.contains("managementUrl"));
+    }
 }
