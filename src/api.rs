@@ -317,6 +317,13 @@ pub struct RedriveSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub max_in_flight: Option<i32>,
+    /// Rate limit: move at most this many messages a second. The move then runs in
+    /// batches, one shovel each moving exactly `rate × pollInterval` messages, started no
+    /// sooner than the rate allows. Unset: one shovel moves everything as fast as confirms
+    /// come back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_messages_per_second: Option<i32>,
 }
 
 fn default_vhost() -> String {
@@ -590,6 +597,15 @@ pub struct RedriveStatus {
     /// One line about the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Rate-limited redrive: the number of the current (or last) batch, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<i64>,
+    /// Rate-limited redrive: messages the current batch's shovel moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<i64>,
+    /// Rate-limited redrive: when the current batch started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_started_at: Option<String>,
 }
 
 /// A standard Kubernetes condition.

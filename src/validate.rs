@@ -892,6 +892,7 @@ fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLe
         }
     };
     let mut max_in_flight = 1000u16;
+    let mut max_per_second = None;
     let redrive_request = spec.redrive.as_ref().map(|rd| {
         let id = &rd.request_id;
         let ok = !id.is_empty()
@@ -914,6 +915,14 @@ fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLe
                 )),
             }
         }
+        if let Some(n) = rd.max_messages_per_second {
+            match u32::try_from(n) {
+                Ok(n) if (1..=100_000).contains(&n) => max_per_second = Some(n),
+                _ => p.add(format!(
+                    "{F}.redrive.maxMessagesPerSecond ({n}) must be between 1 and 100000"
+                )),
+            }
+        }
         id.clone()
     });
     Some(ValidDeadLetter {
@@ -923,6 +932,7 @@ fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLe
         max_deliveries,
         redrive_request,
         max_in_flight,
+        max_per_second,
     })
 }
 
@@ -2009,7 +2019,7 @@ mod tests {
             "/source/rabbitmq/deadLetter",
             json!({
                 "queue": "orders", "exchange": "amq.direct", "maxDeliveries": 0,
-                "redrive": {"requestId": "-bad id", "maxInFlight": 0}
+                "redrive": {"requestId": "-bad id", "maxInFlight": 0, "maxMessagesPerSecond": 0}
             }),
         );
         let p = problems(v).join("\n");
@@ -2019,6 +2029,7 @@ mod tests {
             "maxDeliveries",
             "requestId",
             "maxInFlight",
+            "maxMessagesPerSecond (0) must be between 1 and 100000",
         ] {
             assert!(p.contains(field), "{field} missing in {p}");
         }

@@ -36,7 +36,7 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         "rabbitmq_deadletter::redrive_moves_1000_messages_exactly_once",
         move || {
             let rabbit = e.rabbitmq()?;
-            run(async move { redrive(&rabbit, "rd", false).await })
+            run(async move { redrive(&rabbit, "rd", Mode::Plain).await })
         },
     ));
     let e = env.clone();
@@ -44,7 +44,15 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         "rabbitmq_deadletter::redrive_survives_an_operator_restart",
         move || {
             let rabbit = e.rabbitmq()?;
-            run(async move { redrive(&rabbit, "rr", true).await })
+            run(async move { redrive(&rabbit, "rr", Mode::Restart).await })
+        },
+    ));
+    let e = env.clone();
+    trials.push(Trial::test(
+        "rabbitmq_deadletter::rate_limited_redrive_moves_in_batches",
+        move || {
+            let rabbit = e.rabbitmq()?;
+            run(async move { redrive(&rabbit, "rp", Mode::Paced).await })
         },
     ));
     let e = env.clone();
@@ -406,9 +414,18 @@ async fn classic_gotcha(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     .await
 }
 
-/// 1,000 messages with unique ids dead-lettered, then redriven by a request id. With
-/// `restart`, the operator is stopped while the shovel runs and started again.
-async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, restart: bool) -> Result<(), String> {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    /// The operator is stopped while the shovel runs and started again.
+    Restart,
+    /// `maxMessagesPerSecond: 200` with a 1 s poll: five batches of 200.
+    Paced,
+}
+
+/// 1,000 messages with unique ids dead-lettered, then redriven by a request id.
+async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Result<(), String> {
+    let restart = mode == Mode::Restart;
     let ns = queue;
     let dlq = format!("{queue}.dlq");
     let cluster = cluster(ns).await?;
@@ -453,11 +470,15 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, restart: bool) -> 
     .await?;
 
     let max_in_flight = if restart { 1 } else { 100 };
+    let mut request = json!({"requestId": "r1", "maxInFlight": max_in_flight});
+    if mode == Mode::Paced {
+        request["maxMessagesPerSecond"] = json!(200);
+    }
     cluster
         .patch_scaled_consumer(
             ns,
             "sc",
-            json!({"spec": {"source": {"rabbitmq": {"deadLetter": {"redrive": {"requestId": "r1", "maxInFlight": max_in_flight}}}}}}),
+            json!({"spec": {"source": {"rabbitmq": {"deadLetter": {"redrive": request}}}}}),
         )
         .await?;
 
@@ -498,6 +519,24 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, restart: bool) -> 
         .ok_or("no redrive status")?;
     if rd.phase != "Succeeded" || rd.moved != Some(1000) || rd.request_id != "r1" {
         return Err(format!("redrive status: {rd:?}"));
+    }
+    if mode == Mode::Paced {
+        // Five batches of 200; batch 5 cannot start before 4 × 200 / 200 s = 4 s.
+        let t = |x: &Option<String>| x.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let span = match (t(&rd.started_at), t(&rd.batch_started_at)) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => return Err(format!("batch times missing: {rd:?}")),
+        };
+        println!(
+            "  rate-limited: {} batches of up to {}, the last started {span:.1}s after the first",
+            rd.batch.unwrap_or_default(),
+            200
+        );
+        if rd.batch != Some(5) || span < 4.0 {
+            return Err(format!(
+                "paced redrive: {rd:?}, last batch {span:.1}s after the first"
+            ));
+        }
     }
     if rd.started_at.is_none() || rd.finished_at.is_none() {
         return Err(format!("start and end must be recorded: {rd:?}"));

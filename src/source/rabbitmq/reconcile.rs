@@ -18,7 +18,7 @@ use super::deadletter::{self, PlanError};
 use super::manage::{ManageError, ShovelState, Vhost};
 use super::poller::SharedPoller;
 use super::prefetch::{self, Measurements};
-use super::redrive::{self, Seen, Step};
+use super::redrive::{self, Pace, Paced, Seen, Step};
 use crate::api::{
     DeadLetterStatus, PrefetchStatus, REDRIVE_ANNOTATION, RabbitMqStatus, RedriveStatus,
     ScaleTargetRef, ScaledConsumer,
@@ -63,6 +63,8 @@ pub struct ValidDeadLetter {
     pub max_deliveries: Option<u32>,
     pub redrive_request: Option<String>,
     pub max_in_flight: u16,
+    /// `redrive.maxMessagesPerSecond`.
+    pub max_per_second: Option<u32>,
 }
 
 /// What one ScaledConsumer's extras need.
@@ -388,40 +390,65 @@ impl Extras {
                     .await
                     .ok()
                     .map(|o| o.backlog);
-                let starting = redrive::starting(&request_id, &shovel, depth, &now_text());
-                // Record the request before anything moves: a restart then never starts it twice.
-                let mut whole = i.sc.status.clone().unwrap_or_default();
-                whole
-                    .rabbitmq
-                    .get_or_insert_with(RabbitMqStatus::default)
-                    .redrive = Some(starting.clone());
-                if let Err(e) = kube.apply_status(i.sc, &whole).await {
-                    let c = CondUpdate::new(
-                        REDRIVE,
-                        false,
-                        "StatusWriteFailed",
-                        format!("redrive {request_id:?} not started: cannot record it first: {e}"),
-                    );
-                    return (recorded.cloned(), Some(c));
-                }
-                let def = redrive::shovel_definition(
-                    &i.target.vhost,
-                    &dl.queue,
-                    &i.target.queue,
-                    dl.max_in_flight,
-                );
-                match vhost.put_shovel(&shovel, &def).await {
-                    Ok(()) => {
+                let now = now_text();
+                let (starting, create, count) = match (dl.max_per_second, depth) {
+                    (None, _) => (
+                        redrive::starting(&request_id, &shovel, depth, &now),
+                        shovel.clone(),
+                        None,
+                    ),
+                    (Some(_), None) => {
+                        // A batch must not ask for more than the DLQ holds.
+                        let c = CondUpdate::new(
+                            REDRIVE,
+                            false,
+                            "RedriveWaiting",
+                            format!(
+                                "redrive {request_id:?}: waiting for the dead-letter queue's depth to size the first batch"
+                            ),
+                        );
+                        return (recorded.cloned(), Some(c));
+                    }
+                    (Some(rate), Some(d)) => {
+                        let size = redrive::first_batch(d, Pace::new(rate, i.poll));
+                        if size == 0 {
+                            let mut done = redrive::starting(&request_id, &shovel, depth, &now);
+                            done.phase = redrive::SUCCEEDED.into();
+                            done.finished_at = Some(now);
+                            done.moved = Some(0);
+                            done.dlq_depth_at_end = depth;
+                            done.shovel = None;
+                            done.message =
+                                Some("the dead-letter queue is empty: nothing to move".into());
+                            let c = redrive_condition(&done);
+                            return (Some(done), Some(c));
+                        }
+                        let st = redrive::starting_paced(&request_id, &shovel, d, size, &now);
+                        (st, redrive::batch_shovel(&shovel, 1), Some(size))
+                    }
+                };
+                let created = self
+                    .record_then_create(kube, vhost, i, dl, &starting, &create, count)
+                    .await;
+                match created {
+                    Created::Yes => {
                         kube.event(
                             i.sc,
                             false,
                             "RedriveStarted",
                             "Redrive",
                             format!(
-                                "redrive {request_id:?}: shovel {shovel:?} moves {} messages from {:?} to {:?}",
-                                depth.map_or("the".into(), |d| d.to_string()),
+                                "redrive {request_id:?}: shovel {create:?} moves {} messages from {:?} to {:?}{}",
+                                count.or(depth).map_or("the".into(), |d| d.to_string()),
                                 dl.queue,
-                                i.target.queue
+                                i.target.queue,
+                                match dl.max_per_second {
+                                    Some(r) => format!(
+                                        " (batch 1 of a redrive at most {r} a second; {} in the queue)",
+                                        depth.unwrap_or_default()
+                                    ),
+                                    None => String::new(),
+                                }
                             ),
                         )
                         .await;
@@ -430,39 +457,18 @@ impl Extras {
                         let c = redrive_condition(&running);
                         (Some(running), Some(c))
                     }
-                    Err(e @ (ManageError::PluginMissing { .. } | ManageError::Refused { .. })) => {
-                        // Refused: no shovel exists, nothing moved.
-                        let mut failed = starting;
-                        failed.phase = redrive::FAILED.into();
-                        failed.finished_at = Some(now_text());
-                        failed.moved = Some(0);
-                        failed.message = Some(format!("not started: {e}"));
-                        let c = CondUpdate::new(
-                            REDRIVE,
-                            false,
-                            e.reason("RedriveRefused"),
-                            format!("redrive {request_id:?} not started: {e}"),
-                        );
-                        (Some(failed), Some(c))
-                    }
-                    Err(e) => {
-                        // Unknown whether the shovel exists: the next tick checks.
-                        let c = CondUpdate::new(
-                            REDRIVE,
-                            false,
-                            e.reason("RedriveUnknown"),
-                            format!(
-                                "redrive {request_id:?}: creating the shovel failed ({e}); checking again"
-                            ),
-                        );
-                        (Some(starting), Some(c))
-                    }
+                    Created::NotRecorded(c) => (recorded.cloned(), Some(c)),
+                    Created::Refused(failed, c) => (Some(*failed), Some(c)),
+                    Created::Unknown(c) => (Some(starting), Some(c)),
                 }
             }
             Step::Check { shovel, .. } => {
                 let Some(rec) = recorded else {
                     return (None, None);
                 };
+                if rec.batch.is_some() {
+                    return self.paced(poller, kube, vhost, i, dl, rec, &dlq).await;
+                }
                 let seen = match vhost.shovel_state(&shovel).await {
                     Ok(ShovelState::Absent) => Seen::Absent,
                     Ok(ShovelState::Running) => Seen::Running,
@@ -491,25 +497,177 @@ impl Extras {
                 {
                     tracing::warn!(object = i.key, error = %e, "could not delete a terminated shovel");
                 }
-                if next.phase != rec.phase {
-                    let warning =
-                        next.phase != redrive::SUCCEEDED && next.phase != redrive::RUNNING;
-                    kube.event(
-                        i.sc,
-                        warning,
-                        &format!("Redrive{}", next.phase),
-                        "Redrive",
-                        format!(
-                            "redrive {:?}: {}",
-                            next.request_id,
-                            next.message.clone().unwrap_or_default()
-                        ),
-                    )
-                    .await;
-                }
+                redrive_phase_event(kube, i, rec, &next).await;
                 let c = redrive_condition(&next);
                 (Some(next), Some(c))
             }
+        }
+    }
+
+    /// Record `starting` in the status, then create `shovel` (moving `count` messages, or
+    /// what the DLQ holds): the record comes first so a restart never creates it twice.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_then_create(
+        &self,
+        kube: &KubeIo,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        dl: &ValidDeadLetter,
+        starting: &RedriveStatus,
+        shovel: &str,
+        count: Option<i64>,
+    ) -> Created {
+        let request_id = &starting.request_id;
+        let mut whole = i.sc.status.clone().unwrap_or_default();
+        whole
+            .rabbitmq
+            .get_or_insert_with(RabbitMqStatus::default)
+            .redrive = Some(starting.clone());
+        if let Err(e) = kube.apply_status(i.sc, &whole).await {
+            return Created::NotRecorded(CondUpdate::new(
+                REDRIVE,
+                false,
+                "StatusWriteFailed",
+                format!(
+                    "redrive {request_id:?}: shovel {shovel:?} not created: cannot record it first: {e}"
+                ),
+            ));
+        }
+        let def = redrive::shovel_definition(
+            &i.target.vhost,
+            &dl.queue,
+            &i.target.queue,
+            dl.max_in_flight,
+            count,
+        );
+        match vhost.put_shovel(shovel, &def).await {
+            Ok(()) => Created::Yes,
+            Err(e @ (ManageError::PluginMissing { .. } | ManageError::Refused { .. })) => {
+                // Refused: no shovel exists, nothing moved by it.
+                let mut failed = starting.clone();
+                failed.phase = redrive::FAILED.into();
+                failed.finished_at = Some(now_text());
+                failed.moved = Some(starting.moved.unwrap_or(0));
+                failed.shovel = None;
+                failed.message = Some(format!("shovel {shovel:?} not created: {e}"));
+                let c = CondUpdate::new(
+                    REDRIVE,
+                    false,
+                    e.reason("RedriveRefused"),
+                    format!("redrive {request_id:?}: shovel {shovel:?} not created: {e}"),
+                );
+                Created::Refused(Box::new(failed), c)
+            }
+            // Unknown whether the shovel exists: the next tick checks.
+            Err(e) => Created::Unknown(CondUpdate::new(
+                REDRIVE,
+                false,
+                e.reason("RedriveUnknown"),
+                format!(
+                    "redrive {request_id:?}: creating shovel {shovel:?} failed ({e}); checking again"
+                ),
+            )),
+        }
+    }
+
+    /// A rate-limited redrive in progress: follow the current batch, start the next one when
+    /// the rate allows.
+    #[allow(clippy::too_many_arguments)]
+    async fn paced(
+        &self,
+        poller: &SharedPoller,
+        kube: &KubeIo,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        dl: &ValidDeadLetter,
+        rec: &RedriveStatus,
+        dlq: &RabbitMqTarget,
+    ) -> (Option<RedriveStatus>, Option<CondUpdate>) {
+        let seen = match &rec.shovel {
+            None => Seen::Absent,
+            Some(shovel) => match vhost.shovel_state(shovel).await {
+                Ok(ShovelState::Absent) => Seen::Absent,
+                Ok(ShovelState::Running) => Seen::Running,
+                Ok(ShovelState::Terminated(r)) => {
+                    if let Err(e) = vhost.delete_shovel(shovel).await {
+                        tracing::warn!(object = i.key, error = %e, "could not delete a terminated shovel");
+                    }
+                    Seen::Terminated(r)
+                }
+                Err(e) => {
+                    let c = CondUpdate::new(
+                        REDRIVE,
+                        false,
+                        e.reason("RedriveUnknown"),
+                        format!(
+                            "redrive {:?}: cannot read shovel {shovel:?}: {e}",
+                            rec.request_id
+                        ),
+                    );
+                    return (Some(rec.clone()), Some(c));
+                }
+            },
+        };
+        let depth = poller
+            .observe(dlq, Duration::ZERO)
+            .await
+            .ok()
+            .map(|o| o.backlog);
+        // Without the limit (removed from the spec) the rest goes in one batch.
+        let pace = match dl.max_per_second {
+            Some(rate) => Pace::new(rate, i.poll),
+            None => Pace {
+                per_second: 100_000,
+                batch: i64::MAX,
+            },
+        };
+        let base = redrive::shovel_name(
+            &i.sc.namespace().unwrap_or_default(),
+            &i.sc.name_any(),
+            &rec.request_id,
+        );
+        match redrive::paced(rec, &base, &seen, depth, Timestamp::now(), pace) {
+            Paced::Stay { status, delete } => {
+                if let Some(shovel) = delete
+                    && let Err(e) = vhost.delete_shovel(&shovel).await
+                {
+                    tracing::warn!(object = i.key, error = %e, "could not delete a waiting shovel");
+                }
+                redrive_phase_event(kube, i, rec, &status).await;
+                let c = redrive_condition(&status);
+                (Some(status), Some(c))
+            }
+            Paced::Batch {
+                record,
+                shovel,
+                size,
+            } => match self
+                .record_then_create(kube, vhost, i, dl, &record, &shovel, Some(size))
+                .await
+            {
+                Created::Yes => {
+                    let running = redrive::paced(
+                        &record,
+                        &base,
+                        &Seen::Running,
+                        depth,
+                        Timestamp::now(),
+                        pace,
+                    );
+                    let status = match running {
+                        Paced::Stay { status, .. } => status,
+                        Paced::Batch { record, .. } => record,
+                    };
+                    let c = redrive_condition(&status);
+                    (Some(status), Some(c))
+                }
+                Created::NotRecorded(c) => (Some(rec.clone()), Some(c)),
+                Created::Refused(failed, c) => {
+                    redrive_phase_event(kube, i, rec, &failed).await;
+                    (Some(*failed), Some(c))
+                }
+                Created::Unknown(c) => (Some(record), Some(c)),
+            },
         }
     }
 
@@ -770,6 +928,42 @@ impl Extras {
             }
         }
     }
+}
+
+/// How creating a redrive shovel went.
+enum Created {
+    Yes,
+    /// The status write failed first: nothing was created.
+    NotRecorded(CondUpdate),
+    /// The broker refused: no shovel exists.
+    Refused(Box<RedriveStatus>, CondUpdate),
+    /// Unknown whether the shovel exists: the next tick checks.
+    Unknown(CondUpdate),
+}
+
+/// An Event when a redrive's phase changes (a Warning unless it runs or succeeded).
+async fn redrive_phase_event(
+    kube: &KubeIo,
+    i: &Inputs<'_>,
+    before: &RedriveStatus,
+    after: &RedriveStatus,
+) {
+    if after.phase == before.phase {
+        return;
+    }
+    let warning = after.phase != redrive::SUCCEEDED && after.phase != redrive::RUNNING;
+    kube.event(
+        i.sc,
+        warning,
+        &format!("Redrive{}", after.phase),
+        "Redrive",
+        format!(
+            "redrive {:?}: {}",
+            after.request_id,
+            after.message.clone().unwrap_or_default()
+        ),
+    )
+    .await;
 }
 
 fn describe(d: &Delivery, i: &Inputs<'_>) -> String {
