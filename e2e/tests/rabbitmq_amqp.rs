@@ -13,9 +13,9 @@ use nerite::source::rabbitmq::amqp::{AmqpReader, AmqpTarget};
 use nerite::source::{Credentials, Observation, SourceError};
 use serde_json::{Value, json};
 
-use crate::support::Env;
 use crate::support::cluster::{Cluster, blocking, condition, eventually};
 use crate::support::rabbitmq::{Consumer, RabbitMq, free_ports, wait_for, wait_until};
+use crate::support::{Env, expect};
 
 /// The reader's timeout in trials that expect an answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -164,18 +164,6 @@ fn target(url: &str, vhost: &str, queue: &str) -> AmqpTarget {
         vhost: vhost.to_owned(),
         queue: queue.to_owned(),
         credentials: Credentials::new("guest", "guest"),
-    }
-}
-
-fn expect<T: std::fmt::Debug>(
-    what: &str,
-    got: &T,
-    ok: impl FnOnce(&T) -> bool,
-) -> Result<(), String> {
-    if ok(got) {
-        Ok(())
-    } else {
-        Err(format!("{what}: got {got:?}"))
     }
 }
 

@@ -15,8 +15,8 @@ use libtest_mimic::{Failed, Trial};
 use nerite::source::rabbitmq::{ManagementApi, RabbitMqTarget};
 use nerite::source::{Credentials, Observation, Source, SourceError};
 
-use crate::support::Env;
 use crate::support::rabbitmq::{QueueKind, RabbitMq, free_ports, wait_for, wait_until};
+use crate::support::{Env, expect};
 
 /// Statistics settle within 1–2 s with the test broker's settings; leave room for a busy machine.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -137,18 +137,6 @@ fn target(url: &str, vhost: &str, queue: &str) -> RabbitMqTarget {
         queue: queue.to_owned(),
         include_unacked: true,
         credentials: Credentials::new("guest", "guest"),
-    }
-}
-
-fn expect<T: std::fmt::Debug>(
-    what: &str,
-    got: &T,
-    ok: impl FnOnce(&T) -> bool,
-) -> Result<(), String> {
-    if ok(got) {
-        Ok(())
-    } else {
-        Err(format!("{what}: got {got:?}"))
     }
 }
 

@@ -69,6 +69,19 @@ pub fn binary_copy() -> Result<(tempfile::TempDir, std::path::PathBuf), String> 
 }
 
 /// Run a trial's future on a two-thread runtime of its own.
+/// `Ok` when `ok(got)` holds, else an error naming `what` and showing `got`.
+pub fn expect<T: std::fmt::Debug>(
+    what: &str,
+    got: &T,
+    ok: impl FnOnce(&T) -> bool,
+) -> Result<(), String> {
+    if ok(got) {
+        Ok(())
+    } else {
+        Err(format!("{what}: got {got:?}"))
+    }
+}
+
 pub fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -469,22 +469,9 @@ impl Extras {
                 if rec.batch.is_some() {
                     return self.paced(poller, kube, vhost, i, dl, rec, &dlq).await;
                 }
-                let seen = match vhost.shovel_state(&shovel).await {
-                    Ok(ShovelState::Absent) => Seen::Absent,
-                    Ok(ShovelState::Running) => Seen::Running,
-                    Ok(ShovelState::Terminated(r)) => Seen::Terminated(r),
-                    Err(e) => {
-                        let c = CondUpdate::new(
-                            REDRIVE,
-                            false,
-                            e.reason("RedriveUnknown"),
-                            format!(
-                                "redrive {:?}: cannot read shovel {shovel:?}: {e}",
-                                rec.request_id
-                            ),
-                        );
-                        return (Some(rec.clone()), Some(c));
-                    }
+                let seen = match seen_shovel(vhost, &shovel, rec).await {
+                    Ok(seen) => seen,
+                    Err(c) => return (Some(rec.clone()), Some(c)),
                 };
                 let depth = poller
                     .observe(&dlq, Duration::ZERO)
@@ -585,27 +572,16 @@ impl Extras {
     ) -> (Option<RedriveStatus>, Option<CondUpdate>) {
         let seen = match &rec.shovel {
             None => Seen::Absent,
-            Some(shovel) => match vhost.shovel_state(shovel).await {
-                Ok(ShovelState::Absent) => Seen::Absent,
-                Ok(ShovelState::Running) => Seen::Running,
-                Ok(ShovelState::Terminated(r)) => {
-                    if let Err(e) = vhost.delete_shovel(shovel).await {
+            Some(shovel) => match seen_shovel(vhost, shovel, rec).await {
+                Ok(seen) => {
+                    if let Seen::Terminated(_) = seen
+                        && let Err(e) = vhost.delete_shovel(shovel).await
+                    {
                         tracing::warn!(object = i.key, error = %e, "could not delete a terminated shovel");
                     }
-                    Seen::Terminated(r)
+                    seen
                 }
-                Err(e) => {
-                    let c = CondUpdate::new(
-                        REDRIVE,
-                        false,
-                        e.reason("RedriveUnknown"),
-                        format!(
-                            "redrive {:?}: cannot read shovel {shovel:?}: {e}",
-                            rec.request_id
-                        ),
-                    );
-                    return (Some(rec.clone()), Some(c));
-                }
+                Err(c) => return (Some(rec.clone()), Some(c)),
             },
         };
         let depth = poller
@@ -927,6 +903,28 @@ impl Extras {
                 }
             }
         }
+    }
+}
+
+/// What the broker says about a redrive's shovel, or the condition when it cannot be read.
+async fn seen_shovel(
+    vhost: &Vhost<'_>,
+    shovel: &str,
+    rec: &RedriveStatus,
+) -> Result<Seen, CondUpdate> {
+    match vhost.shovel_state(shovel).await {
+        Ok(ShovelState::Absent) => Ok(Seen::Absent),
+        Ok(ShovelState::Running) => Ok(Seen::Running),
+        Ok(ShovelState::Terminated(r)) => Ok(Seen::Terminated(r)),
+        Err(e) => Err(CondUpdate::new(
+            REDRIVE,
+            false,
+            e.reason("RedriveUnknown"),
+            format!(
+                "redrive {:?}: cannot read shovel {shovel:?}: {e}",
+                rec.request_id
+            ),
+        )),
     }
 }
 
