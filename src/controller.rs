@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
 use crate::api::{ScaledConsumer, ScaledConsumerStatus};
 use crate::error::{Error, Result};
@@ -227,19 +226,13 @@ async fn run_controller(
     (health, syncing): (Health, Arc<AtomicUsize>),
     leadership: Leadership,
 ) {
-    let (scs, deployments, statefulsets): (Api<ScaledConsumer>, Api<Deployment>, Api<StatefulSet>) =
-        match &config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    // Only ScaledConsumers are watched: each one reads its workload's count through `/scale`
+    // every poll, so nerite needs no list/watch on workloads (least privilege) and keeps no
+    // cache of every Deployment in the cluster.
+    let scs: Api<ScaledConsumer> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let controller = Controller::new(scs, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(config.concurrency));
     let store = controller.store();
@@ -277,16 +270,8 @@ async fn run_controller(
             }
         }
     });
-    let deploy_store = store.clone();
-    let sts_store = store.clone();
     tracing::info!(namespace = ?config.namespace, "nerite operator starting");
     controller
-        .watches(deployments, watcher::Config::default(), move |d| {
-            targets_of(&deploy_store, "Deployment", &d)
-        })
-        .watches(statefulsets, watcher::Config::default(), move |s| {
-            targets_of(&sts_store, "StatefulSet", &s)
-        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -296,26 +281,6 @@ async fn run_controller(
             }
         })
         .await;
-}
-
-/// The ScaledConsumers whose `scaleTargetRef` names this workload.
-fn targets_of<K: Resource>(
-    store: &Store<ScaledConsumer>,
-    kind: &str,
-    workload: &K,
-) -> Vec<ObjectRef<ScaledConsumer>> {
-    let name = workload.meta().name.clone().unwrap_or_default();
-    let namespace = workload.meta().namespace.clone();
-    store
-        .state()
-        .iter()
-        .filter(|sc| {
-            sc.spec.scale_target_ref.kind == kind
-                && sc.spec.scale_target_ref.name == name
-                && sc.metadata.namespace == namespace
-        })
-        .map(|sc| ObjectRef::from_obj(sc.as_ref()))
-        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -415,8 +415,6 @@ fn allowed_rules_with(
         ("nerite.dev", "scaledconsumers/status", &["patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "secrets", &["get"]),
-        ("apps", "deployments", &["list", "watch"]),
-        ("apps", "statefulsets", &["list", "watch"]),
         ("apps", "deployments/scale", &["get", "update", "patch"]),
         ("apps", "statefulsets/scale", &["get", "update", "patch"]),
     ]);

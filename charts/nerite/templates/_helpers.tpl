@@ -49,10 +49,6 @@ The rules nerite needs where it manages ScaledConsumers: the same for the Cluste
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# nerite watches Deployments and StatefulSets to react when a target appears or changes.
-- apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets"]
-  verbs: ["list", "watch"]
 {{- range .Values.rbac.scaleTargets }}
 {{- $subresources := list }}
 {{- range .resources }}
