@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 use nerite::source::rabbitmq::amqp::{AmqpReader, AmqpTarget};
-use nerite::source::{Credentials, Observation, SourceError};
+use nerite::source::{Credentials, SourceError};
 use serde_json::{Value, json};
 
 use crate::support::cluster::{Cluster, blocking, condition, eventually};
+use crate::support::probe::Probe;
 use crate::support::rabbitmq::{Consumer, RabbitMq, free_ports, wait_for, wait_until};
 use crate::support::{Env, expect};
 
@@ -99,63 +100,9 @@ fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> Resu
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// The reader plus a runtime to drive it from a blocking trial.
-struct Probe {
-    reader: AmqpReader,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Probe {
-    fn new(timeout: Duration) -> Result<Probe, String> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("runtime: {e}"))?;
-        Ok(Probe {
-            reader: AmqpReader::new(timeout),
-            rt,
-        })
-    }
-
-    fn observe(&self, target: &AmqpTarget) -> Result<Observation, SourceError> {
-        self.rt
-            .block_on(self.reader.observe(target, Duration::ZERO))
-    }
-
-    /// Observe until `check` accepts the reading.
-    fn await_reading(
-        &self,
-        target: &AmqpTarget,
-        what: &str,
-        check: impl Fn(&Observation) -> bool,
-    ) -> Result<(Observation, Duration), String> {
-        wait_for(SETTLE, || match self.observe(target) {
-            Ok(o) if check(&o) => Ok(o),
-            Ok(o) => Err(format!("{what}: got {o:?}")),
-            Err(e) => Err(e.to_string()),
-        })
-        .map_err(|e| format!("{}/{}: {e}", target.vhost, target.queue))
-    }
-
-    fn await_backlog(&self, target: &AmqpTarget, want: i64) -> Result<Observation, String> {
-        self.await_reading(target, &format!("backlog {want}"), |o| o.backlog == want)
-            .map(|(o, _)| o)
-    }
-
-    /// Observe and expect an error; checks the password does not leak into it.
-    fn expect_error(&self, target: &AmqpTarget) -> Result<SourceError, String> {
-        match self.observe(target) {
-            Ok(o) => Err(format!("expected an error, got {o:?}")),
-            Err(e) => {
-                let shown = format!("{e} | {e:?}");
-                if shown.contains(target.credentials.password()) {
-                    return Err(format!("the password leaked into an error: {shown}"));
-                }
-                Ok(e)
-            }
-        }
-    }
+/// The AMQP reader with this timeout, driven from a blocking trial.
+fn probe(timeout: Duration) -> Result<Probe<AmqpReader>, String> {
+    Probe::new(AmqpReader::new(timeout))
 }
 
 fn target(url: &str, vhost: &str, queue: &str) -> AmqpTarget {
@@ -173,17 +120,17 @@ fn target(url: &str, vhost: &str, queue: &str) -> AmqpTarget {
 /// Ready messages are the backlog; messages a consumer holds unacknowledged are not counted
 /// (AMQP does not tell them), and the consumer count is read.
 fn ready_and_consumers(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let queue = "amqp-ready";
     rabbit.declare_queue("/", queue)?;
     let t = target(&rabbit.amqp_url(), "/", queue);
-    let o = probe.await_backlog(&t, 0)?;
+    let (o, _) = probe.await_backlog(&t, 0)?;
     expect("consumers of an idle queue", &o.consumers, |c| {
         *c == Some(0)
     })?;
 
     rabbit.publish("/", queue, 25)?;
-    let o = probe.await_backlog(&t, 25)?;
+    let (o, _) = probe.await_backlog(&t, 25)?;
     expect("ready", &o.ready, |r| *r == Some(25))?;
     expect(
         "unacked (unknown through AMQP)",
@@ -235,7 +182,7 @@ fn one_connection_per_vhost_and_login(rabbit: &RabbitMq) -> Result<(), String> {
         t.credentials = Credentials::new(user, password);
         targets.push((t, i64::try_from(n).unwrap_or(0)));
     }
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let reader = Arc::new(AmqpReader::new(TIMEOUT));
     // Three rounds of 5 queues × 4 concurrent askers each.
     for _ in 0..3 {
@@ -309,7 +256,7 @@ fn one_connection_per_vhost_and_login(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn wrong_password(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue("/", "amqp-wrong-password")?;
     let mut t = target(&rabbit.amqp_url(), "/", "amqp-wrong-password");
     t.credentials = Credentials::new("guest", "Wr0ng-Amqp-Secret-42");
@@ -326,7 +273,7 @@ fn wrong_password(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn unknown_vhost(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let t = target(&rabbit.amqp_url(), "no-such-amqp-vhost", "q");
     let e = probe.expect_error(&t)?;
     eprintln!("rabbitmq_amqp: unknown vhost: {e}");
@@ -340,7 +287,7 @@ fn unknown_vhost(rabbit: &RabbitMq) -> Result<(), String> {
 /// The broker closes the channel on a passive declare of a missing queue; the next read, of a
 /// queue that exists, opens a fresh channel on the same connection.
 fn unknown_queue_then_fresh_channel(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue("/", "amqp-present")?;
     rabbit.publish("/", "amqp-present", 3)?;
     let missing = target(&rabbit.amqp_url(), "/", "no-such-amqp-queue");
@@ -361,13 +308,13 @@ fn unknown_queue_then_fresh_channel(rabbit: &RabbitMq) -> Result<(), String> {
     );
     expect(
         "connections opened",
-        &probe.reader.traffic().connections,
+        &probe.source.traffic().connections,
         |c| *c == 1,
     )
 }
 
 fn user_without_vhost_access(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let vhost = "amqp-closed-vhost";
     rabbit.add_vhost(vhost)?;
     rabbit.declare_queue(vhost, "closed")?;
@@ -392,7 +339,7 @@ fn least_privilege_user(rabbit: &RabbitMq) -> Result<(), String> {
     for (configure, write, read) in [("^$", "^$", "^$"), ("^$", "^$", ".*")] {
         rabbit.set_permissions(vhost, "amqp-reader", configure, write, read)?;
         // A new reader: a new connection, so no permission the broker cached for a channel.
-        let probe = Probe::new(TIMEOUT)?;
+        let probe = probe(TIMEOUT)?;
         let o = probe
             .observe(&t)
             .map_err(|e| format!("permissions {configure:?} {write:?} {read:?}: {e}"))?;
@@ -407,7 +354,7 @@ fn least_privilege_user(rabbit: &RabbitMq) -> Result<(), String> {
 const SECRET: &str = "Amqp-Net-Secret-1234";
 
 fn nothing_listening() -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let [port] = free_ports::<1>()?;
     let mut t = target(&format!("amqp://127.0.0.1:{port}"), "/", "q");
     t.credentials = Credentials::new("guest", SECRET);
@@ -419,7 +366,7 @@ fn nothing_listening() -> Result<(), String> {
 
 fn silent_server() -> Result<(), String> {
     let timeout = Duration::from_millis(800);
-    let probe = Probe::new(timeout)?;
+    let probe = probe(timeout)?;
     // Connections complete in the kernel's backlog; nothing ever answers the handshake.
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -439,7 +386,7 @@ fn silent_server() -> Result<(), String> {
 /// new connection and reads the durable queue as before.
 fn reconnects_after_broker_restart() -> Result<(), String> {
     let rabbit = RabbitMq::start()?;
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue("/", "amqp-outage")?;
     rabbit.publish("/", "amqp-outage", 7)?;
     let t = target(&rabbit.amqp_url(), "/", "amqp-outage");
@@ -462,7 +409,7 @@ fn reconnects_after_broker_restart() -> Result<(), String> {
     probe.await_backlog(&t, 5)?;
     expect(
         "connections opened",
-        &probe.reader.traffic().connections,
+        &probe.source.traffic().connections,
         |c| *c == 2,
     )
 }

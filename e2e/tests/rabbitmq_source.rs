@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 use nerite::source::rabbitmq::{ManagementApi, RabbitMqTarget};
-use nerite::source::{Credentials, Observation, Source, SourceError};
+use nerite::source::{Credentials, SourceError};
 
+use crate::support::probe::Probe;
 use crate::support::rabbitmq::{QueueKind, RabbitMq, free_ports, wait_for, wait_until};
 use crate::support::{Env, expect};
 
@@ -73,61 +74,9 @@ pub fn trials(env: &Env) -> Vec<Trial> {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// The source plus a runtime to drive it from a blocking trial.
-struct Probe {
-    api: ManagementApi,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Probe {
-    fn new(timeout: Duration) -> Result<Probe, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("runtime: {e}"))?;
-        Ok(Probe {
-            api: ManagementApi::new(timeout),
-            rt,
-        })
-    }
-
-    fn observe(&self, target: &RabbitMqTarget) -> Result<Observation, SourceError> {
-        self.rt.block_on(self.api.observe(target))
-    }
-
-    /// Observe until `backlog` is `want`; returns the observation and the time it took.
-    fn await_backlog(
-        &self,
-        target: &RabbitMqTarget,
-        want: i64,
-    ) -> Result<(Observation, Duration), String> {
-        wait_for(SETTLE, || match self.observe(target) {
-            Ok(o) if o.backlog == want => Ok(o),
-            Ok(o) => Err(format!("backlog {} (want {want})", o.backlog)),
-            Err(e) => Err(e.to_string()),
-        })
-        .map_err(|e| format!("{}/{}: {e}", target.vhost, target.queue))
-    }
-
-    /// Observe and expect an error; checks the password does not leak into it.
-    fn expect_error(&self, target: &RabbitMqTarget) -> Result<SourceError, String> {
-        match self.observe(target) {
-            Ok(o) => Err(format!("expected an error, got {o:?}")),
-            Err(e) => {
-                no_password(&e, target.credentials.password())?;
-                Ok(e)
-            }
-        }
-    }
-}
-
-fn no_password(e: &SourceError, password: &str) -> Result<(), String> {
-    let shown = format!("{e} | {e:?}");
-    if shown.contains(password) {
-        Err(format!("the password leaked into an error: {shown}"))
-    } else {
-        Ok(())
-    }
+/// The management-API source with this timeout, driven from a blocking trial.
+fn probe(timeout: Duration) -> Result<Probe<ManagementApi>, String> {
+    Probe::new(ManagementApi::new(timeout))
 }
 
 fn target(url: &str, vhost: &str, queue: &str) -> RabbitMqTarget {
@@ -144,7 +93,7 @@ fn target(url: &str, vhost: &str, queue: &str) -> RabbitMqTarget {
 // Trials on the shared broker
 
 fn depth(rabbit: &RabbitMq, queue: &str, kind: QueueKind) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue_of("/", queue, kind)?;
     let mut t = target(&rabbit.management_url(), "/", queue);
     probe.await_backlog(&t, 0)?;
@@ -182,7 +131,7 @@ fn depth_quorum(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn depth_thousand(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let queue = "depth-thousand";
     rabbit.declare_queue("/", queue)?;
     let t = target(&rabbit.management_url(), "/", queue);
@@ -200,7 +149,7 @@ fn depth_thousand(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn rates_after_traffic(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let queue = "rates";
     rabbit.declare_queue("/", queue)?;
     let t = target(&rabbit.management_url(), "/", queue);
@@ -234,7 +183,7 @@ fn rates_after_traffic(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn encoded_names(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let vhost = "team/a b%";
     let queue = "orders.ü #1?x=y";
     rabbit.add_vhost(vhost)?;
@@ -246,7 +195,7 @@ fn encoded_names(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn wrong_password(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue("/", "wrong-password")?;
     let mut t = target(&rabbit.management_url(), "/", "wrong-password");
     t.credentials = Credentials::new("guest", "Wr0ng-Secret-42");
@@ -263,7 +212,7 @@ fn wrong_password(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn unknown_vhost(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let t = target(&rabbit.management_url(), "no-such-vhost", "q");
     let e = probe.expect_error(&t)?;
     expect(
@@ -274,7 +223,7 @@ fn unknown_vhost(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn unknown_queue(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let t = target(&rabbit.management_url(), "/", "no-such-queue");
     let e = probe.expect_error(&t)?;
     expect(
@@ -287,7 +236,7 @@ fn unknown_queue(rabbit: &RabbitMq) -> Result<(), String> {
 /// The least a user needs: the monitoring tag and any permission on the vhost. Also checks
 /// the vhost/queue distinction works without the administrator tag.
 fn monitoring_user(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let vhost = "monitoring-vhost";
     rabbit.add_vhost(vhost)?;
     rabbit.declare_queue(vhost, "watched")?;
@@ -314,7 +263,7 @@ fn monitoring_user(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn user_without_tag(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue("/", "untagged")?;
     rabbit.add_user("nerite-untagged", "Untagged-Pass-88", "")?;
     rabbit.set_permissions("/", "nerite-untagged", ".*", ".*", ".*")?;
@@ -325,7 +274,7 @@ fn user_without_tag(rabbit: &RabbitMq) -> Result<(), String> {
 }
 
 fn user_without_vhost_access(rabbit: &RabbitMq) -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let vhost = "closed-vhost";
     rabbit.add_vhost(vhost)?;
     rabbit.declare_queue(vhost, "closed")?;
@@ -347,7 +296,7 @@ fn with_secret(mut t: RabbitMqTarget) -> RabbitMqTarget {
 }
 
 fn nothing_listening() -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let [port] = free_ports::<1>()?;
     let t = with_secret(target(&format!("http://127.0.0.1:{port}"), "/", "q"));
     let e = probe.expect_error(&t)?;
@@ -357,7 +306,7 @@ fn nothing_listening() -> Result<(), String> {
 }
 
 fn unknown_host() -> Result<(), String> {
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     let t = with_secret(target("http://nonexistent.invalid:15672", "/", "q"));
     let e = probe.expect_error(&t)?;
     expect("error", &e, |e| matches!(e, SourceError::Dns { .. }))
@@ -365,7 +314,7 @@ fn unknown_host() -> Result<(), String> {
 
 fn silent_server() -> Result<(), String> {
     let timeout = Duration::from_millis(800);
-    let probe = Probe::new(timeout)?;
+    let probe = probe(timeout)?;
     // Connections complete in the kernel's backlog; nothing ever reads or answers.
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -384,7 +333,7 @@ fn silent_server() -> Result<(), String> {
 /// and its persistent messages read as before.
 fn broker_outage() -> Result<(), String> {
     let rabbit = Arc::new(RabbitMq::start()?);
-    let probe = Probe::new(TIMEOUT)?;
+    let probe = probe(TIMEOUT)?;
     rabbit.declare_queue("/", "outage")?;
     rabbit.publish("/", "outage", 7)?;
     let t = target(&rabbit.management_url(), "/", "outage");

@@ -167,6 +167,27 @@ fn statistics_are_delayed_and_replicas_start_late() {
     assert_eq!(o.scale_changes, 1);
 }
 
+/// nerite (`maxMessageWait` 90 s, 5 s polls, 20 s start-up, 1–100 replicas) on `t` with
+/// 1 s jobs (Gamma k=2), 20 at once per replica, starting from 10 replicas.
+fn nerite_closed_loop(t: &Trace, seed: u64) -> (Nerite, engine::Outcome) {
+    let w = Workload {
+        min_replicas: 1,
+        ..wl(1.0, 2.0, 20)
+    };
+    let msgs = t.messages(seed, 1.0, 2.0);
+    let cfg = Nerite::config(
+        1,
+        100,
+        100,
+        Duration::from_secs(90),
+        Duration::from_secs(5),
+        Duration::from_secs(20),
+    );
+    let mut n = Nerite::new(cfg);
+    let o = engine::run(&msgs, t.end, &w, &broker(), 10, &mut n, 10.0, None);
+    (n, o)
+}
+
 /// nerite in a closed loop: Poisson arrivals at a constant 190/s, 20/s per replica (9.5
 /// replicas of work, the hardest rounding), a queue that grows whenever the fleet falls
 /// short. Once the throughput is learned, the count stays put, and every message starts
@@ -174,22 +195,8 @@ fn statistics_are_delayed_and_replicas_start_late() {
 #[test]
 fn nerite_holds_a_constant_count_under_constant_load() {
     let t = Trace::from_csv("0,190\n7200,190", None).expect("valid");
-    let w = Workload {
-        min_replicas: 1,
-        ..wl(1.0, 2.0, 20)
-    };
     for seed in 1..=4 {
-        let msgs = t.messages(seed, 1.0, 2.0);
-        let cfg = Nerite::config(
-            1,
-            100,
-            100,
-            Duration::from_secs(90),
-            Duration::from_secs(5),
-            Duration::from_secs(20),
-        );
-        let mut n = Nerite::new(cfg);
-        let o = engine::run(&msgs, t.end, &w, &broker(), 10, &mut n, 10.0, None);
+        let (n, o) = nerite_closed_loop(&t, seed);
         let late: Vec<_> = n.changes.iter().filter(|c| c.t > 600.0).collect();
         assert!(late.is_empty(), "seed {seed}: {late:#?}");
         let within = o.waits.iter().filter(|x| **x <= 90.0).count();
@@ -209,21 +216,7 @@ fn nerite_makes_few_changes_on_a_noisy_steady_load() {
     }
     csv.push_str("7200,190\n");
     let t = Trace::from_csv(&csv, None).expect("valid");
-    let w = Workload {
-        min_replicas: 1,
-        ..wl(1.0, 2.0, 20)
-    };
-    let msgs = t.messages(2, 1.0, 2.0);
-    let cfg = Nerite::config(
-        1,
-        100,
-        100,
-        Duration::from_secs(90),
-        Duration::from_secs(5),
-        Duration::from_secs(20),
-    );
-    let mut n = Nerite::new(cfg);
-    let o = engine::run(&msgs, t.end, &w, &broker(), 10, &mut n, 10.0, None);
+    let (n, o) = nerite_closed_loop(&t, 2);
     // 40 rate changes in two hours; a change of the count per rate change at most.
     assert!(n.changes.len() <= 40, "{} changes", n.changes.len());
     for pair in n.changes.windows(2) {

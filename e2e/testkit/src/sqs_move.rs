@@ -236,6 +236,11 @@ fn start(d: &Double, input: &Value) -> Response {
     reply(StatusCode::OK, json!({"TaskHandle": handle}))
 }
 
+/// The task as it is now.
+fn task(d: &Double, handle: &str) -> Option<Task> {
+    lock(&d.tasks).iter().find(|t| t.handle == handle).cloned()
+}
+
 fn update(d: &Double, handle: &str, f: impl FnOnce(&mut Task)) -> Option<Task> {
     let mut tasks = lock(&d.tasks);
     let t = tasks.iter_mut().find(|t| t.handle == handle)?;
@@ -246,23 +251,20 @@ fn update(d: &Double, handle: &str, f: impl FnOnce(&mut Task)) -> Option<Task> {
 async fn run(d: Double, handle: String, from: String, to: String) {
     let to_move = d.sqs.depth(&from).await.map(|(v, _, _)| v).unwrap_or(0);
     update(&d, &handle, |t| t.to_move = to_move);
-    let rate = update(&d, &handle, |_| {})
-        .and_then(|t| t.rate)
-        .unwrap_or(500)
-        .max(1);
+    let rate = task(&d, &handle).and_then(|t| t.rate).unwrap_or(500).max(1);
     loop {
-        let Some(task) = update(&d, &handle, |_| {}) else {
+        let Some(now) = task(&d, &handle) else {
             return;
         };
-        if task.cancel {
+        if now.cancel {
             update(&d, &handle, |t| t.status = "CANCELLED".into());
             return;
         }
-        if task.moved >= to_move {
+        if now.moved >= to_move {
             update(&d, &handle, |t| t.status = "COMPLETED".into());
             return;
         }
-        let batch = (to_move - task.moved).clamp(1, 10).min(rate);
+        let batch = (to_move - now.moved).clamp(1, 10).min(rate);
         let out = d
             .sqs
             .client

@@ -2,6 +2,8 @@
 
 pub use nerite_testkit::{cluster, kafka, moto, ops, rabbitmq};
 
+pub mod probe;
+
 use std::sync::{Arc, OnceLock};
 
 /// Servers shared by trials, started on first use and stopped when the run ends.

@@ -33,7 +33,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 
-use super::scrub;
+use super::{peer_gone, scrub};
 use crate::source::{Credentials, Observation, Source, SourceError};
 
 /// A connection nobody read through for this long is closed.
@@ -292,7 +292,6 @@ pub fn classify(
             detail: clean(detail),
         },
         Failure::Io { kind, detail } => {
-            use io::ErrorKind as K;
             if detail.contains("failed to lookup address")
                 || detail.contains("Name or service")
                 || detail.contains("name resolution")
@@ -302,23 +301,16 @@ pub fn classify(
                     detail: clean(detail),
                 };
             }
-            match kind {
-                K::ConnectionRefused
-                | K::ConnectionReset
-                | K::ConnectionAborted
-                | K::NotConnected
-                | K::HostUnreachable
-                | K::NetworkUnreachable
-                | K::AddrNotAvailable
-                | K::BrokenPipe
-                | K::UnexpectedEof => SourceError::Unreachable {
+            if peer_gone(kind) {
+                SourceError::Unreachable {
                     endpoint,
                     detail: clean(detail),
-                },
-                _ => SourceError::Protocol {
+                }
+            } else {
+                SourceError::Protocol {
                     endpoint,
                     detail: clean(detail),
-                },
+                }
             }
         }
         Failure::Lost(detail) => SourceError::Unreachable {

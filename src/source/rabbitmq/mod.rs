@@ -595,26 +595,29 @@ fn classify_transport(
     if dns {
         return SourceError::Dns { endpoint, detail };
     }
-    use std::io::ErrorKind as K;
-    let unreachable_kind = matches!(
-        io_kind,
-        Some(
-            K::ConnectionRefused
-                | K::ConnectionReset
-                | K::ConnectionAborted
-                | K::NotConnected
-                | K::HostUnreachable
-                | K::NetworkUnreachable
-                | K::AddrNotAvailable
-                | K::BrokenPipe
-                | K::UnexpectedEof
-        )
-    );
-    if e.is_connect() || unreachable_kind || closed {
+    if e.is_connect() || io_kind.is_some_and(peer_gone) || closed {
         SourceError::Unreachable { endpoint, detail }
     } else {
         SourceError::Protocol { endpoint, detail }
     }
+}
+
+/// I/O failures that mean the broker cannot be reached (refused, reset, gone), as opposed to
+/// one that answers wrongly. Shared by the management API and the AMQP reader.
+fn peer_gone(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::AddrNotAvailable
+            | K::BrokenPipe
+            | K::UnexpectedEof
+    )
 }
 
 /// The causes of an error, outermost first, without the error's own message.

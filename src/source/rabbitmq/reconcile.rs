@@ -622,20 +622,9 @@ impl Extras {
                 .await
             {
                 Created::Yes => {
-                    let running = redrive::paced(
-                        &record,
-                        &base,
-                        &Seen::Running,
-                        depth,
-                        Timestamp::now(),
-                        pace,
-                    );
-                    let status = match running {
-                        Paced::Stay { status, .. } => status,
-                        Paced::Batch { record, .. } => record,
-                    };
-                    let c = redrive_condition(&status);
-                    (Some(status), Some(c))
+                    let running = redrive::advance(&record, &Seen::Running, depth, &now_text());
+                    let c = redrive_condition(&running);
+                    (Some(running), Some(c))
                 }
                 Created::NotRecorded(c) => (Some(rec.clone()), Some(c)),
                 Created::Refused(failed, c) => {
