@@ -69,6 +69,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
     backlog: Family<ObjectLabels, Gauge>,
+    observed_at: Family<ObjectLabels, Gauge>,
     current_replicas: Family<ObjectLabels, Gauge>,
     desired_replicas: Family<ObjectLabels, Gauge>,
     actions: Family<ActionLabels, Counter>,
@@ -97,6 +98,7 @@ impl Metrics {
             errors: Family::default(),
             decisions: Family::default(),
             backlog: Family::default(),
+            observed_at: Family::default(),
             current_replicas: Family::default(),
             desired_replicas: Family::default(),
             actions: Family::default(),
@@ -120,6 +122,11 @@ impl Metrics {
             "observed_backlog",
             "Backlog (messages counted toward the objective) at the last successful read",
             m.backlog.clone(),
+        );
+        registry.register(
+            "last_observation_timestamp_seconds",
+            "When the broker reading behind the last successful observation was taken (Unix seconds)",
+            m.observed_at.clone(),
         );
         registry.register(
             "current_replicas",
@@ -192,6 +199,9 @@ impl Metrics {
         self.backlog
             .get_or_create(&object(namespace, name))
             .set(obs.backlog);
+        self.observed_at
+            .get_or_create(&object(namespace, name))
+            .set(obs.observed_at.as_second());
     }
 
     /// A decision: `limit` is the condition reason of the limit that shaped it, if any.
@@ -234,6 +244,7 @@ impl Metrics {
     pub fn forget(&self, namespace: &str, name: &str) {
         let key = object(namespace, name);
         self.backlog.remove(&key);
+        self.observed_at.remove(&key);
         self.current_replicas.remove(&key);
         self.desired_replicas.remove(&key);
         for direction in ["up", "down"] {
@@ -385,6 +396,7 @@ mod tests {
         for want in [
             "nerite_reconciles_total 1",
             r#"nerite_observed_backlog{namespace="shop",name="orders"} 1000"#,
+            r#"nerite_last_observation_timestamp_seconds{namespace="shop",name="orders"} 0"#,
             r#"nerite_desired_replicas{namespace="shop",name="orders"} 10"#,
             r#"nerite_decisions_total{direction="up",limit="AtMaxReplicas"} 1"#,
             r#"nerite_scale_actions_total{namespace="shop",name="orders",direction="up"} 1"#,
