@@ -127,6 +127,16 @@ pub struct RunArgs {
     /// How often the Lease is read and renewed.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "NERITE_RETRY_PERIOD")]
     pub retry_period: Duration,
+    /// How long a workload's `/scale` read is reused while the decision keeps the count and
+    /// the workload is not converging; a hand-made change is seen within this time. `0s`:
+    /// read `/scale` every poll.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "NERITE_SCALE_REFRESH")]
+    pub scale_refresh: Duration,
+    /// How often a status that has not changed is rewritten anyway (only the observation
+    /// time and the rates move). Any change a user reads (counts, conditions, reason, a
+    /// job's progress) is written at once. `0s`: write the status every poll.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "NERITE_STATUS_HEARTBEAT")]
+    pub status_heartbeat: Duration,
     /// This replica's identity in the Lease and in Events. Default: $POD_NAME, then the host
     /// name and process id.
     #[arg(long, env = "POD_NAME")]
@@ -306,6 +316,8 @@ fn run(args: RunArgs) -> ExitCode {
             instance: Some(identity),
             metrics_addr: args.metrics_addr.0,
             leader_election,
+            scale_refresh: args.scale_refresh,
+            status_heartbeat: args.status_heartbeat,
             ..OperatorConfig::default()
         };
         match controller::try_run(client, config, shutdown_signal()).await {
@@ -381,5 +393,29 @@ mod tests {
         assert_eq!(args.namespace, ["shop", "billing"]);
         assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr(None)));
         assert!(parse_metrics_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn api_traffic_flags_default_to_the_operator_defaults() {
+        let run = |extra: &[&str]| {
+            let args = ["nerite", "run"].iter().chain(extra).copied();
+            match Cli::try_parse_from(args) {
+                Ok(Cli {
+                    command: Command::Run(a),
+                }) => (a.scale_refresh, a.status_heartbeat),
+                other => panic!("flags did not parse: {other:?}"),
+            }
+        };
+        assert_eq!(
+            run(&[]),
+            (
+                controller::DEFAULT_SCALE_REFRESH,
+                controller::DEFAULT_STATUS_HEARTBEAT
+            )
+        );
+        assert_eq!(
+            run(&["--scale-refresh", "0s", "--status-heartbeat", "0s"]),
+            (Duration::ZERO, Duration::ZERO)
+        );
     }
 }

@@ -61,7 +61,18 @@ pub struct OperatorConfig {
     /// Elect a leader on a Lease: every replica observes, only the leader writes. `None`:
     /// this process always acts.
     pub leader_election: Option<LeaseSettings>,
+    /// How long a workload's `/scale` read stays good while the decision would not change
+    /// the count and the workload is not converging. Zero: read it every poll.
+    pub scale_refresh: Duration,
+    /// How often a status that has not changed (only the observation time and rates move)
+    /// is written anyway. Zero: write it every poll.
+    pub status_heartbeat: Duration,
 }
+
+/// Default of [`OperatorConfig::scale_refresh`].
+pub const DEFAULT_SCALE_REFRESH: Duration = Duration::from_secs(60);
+/// Default of [`OperatorConfig::status_heartbeat`].
+pub const DEFAULT_STATUS_HEARTBEAT: Duration = Duration::from_secs(300);
 
 impl Default for OperatorConfig {
     fn default() -> Self {
@@ -74,6 +85,8 @@ impl Default for OperatorConfig {
             namespaces: Vec::new(),
             metrics_addr: None,
             leader_election: None,
+            scale_refresh: DEFAULT_SCALE_REFRESH,
+            status_heartbeat: DEFAULT_STATUS_HEARTBEAT,
         }
     }
 }
@@ -87,6 +100,79 @@ struct ObjectState {
     /// `reason: message` of the last error reported by Event, to report each new one once.
     last_error: Option<String>,
     api_failures: u32,
+    /// The workload's counts from the last `/scale` read or write.
+    scale: Option<KnownScale>,
+    /// What this replica last wrote to the status.
+    written: Option<Written>,
+}
+
+/// A workload's counts as last read from (or written to) its `/scale`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KnownScale {
+    scale: TargetScale,
+    at: Instant,
+    /// The ScaledConsumer generation it was read for (a spec change may name another
+    /// workload).
+    generation: Option<i64>,
+}
+
+impl KnownScale {
+    /// Good enough to decide on without asking again: read for this spec less than
+    /// `refresh` ago, and the workload runs what it is asked to (not converging).
+    fn usable(&self, generation: Option<i64>, refresh: Duration, now: Instant) -> bool {
+        self.generation == generation
+            && now.saturating_duration_since(self.at) < refresh
+            && self.scale.desired == self.scale.running
+    }
+}
+
+/// The last status this replica wrote, reduced to what a user reads.
+#[derive(Clone, Debug, PartialEq)]
+struct Written {
+    digest: ScaledConsumerStatus,
+    at: Instant,
+    /// The leadership term it was written in (another leader may have written since).
+    term: u64,
+}
+
+/// The status without what moves on every poll although nothing a user acts on changed:
+/// the observation's time, rates and utilisation, the measured throughput, Kafka's rates.
+/// Counts, conditions, reasons and job progress stay.
+fn digest(status: &ScaledConsumerStatus) -> ScaledConsumerStatus {
+    let mut d = status.clone();
+    if let Some(o) = d.last_observation.as_mut() {
+        o.observed_at.clear();
+        o.publish_rate = None;
+        o.deliver_rate = None;
+        o.ack_rate = None;
+        o.consumer_utilisation = None;
+    }
+    d.per_replica_throughput = None;
+    if let Some(k) = d.kafka.as_mut() {
+        k.produce_rate = None;
+        k.consume_rate = None;
+        k.estimated_time_lag_seconds = None;
+    }
+    d
+}
+
+/// Whether a status must be written: first time in this term, something a user reads
+/// changed, or the heartbeat is due (a zero heartbeat writes every time).
+fn write_due(
+    last: Option<&Written>,
+    digest: &ScaledConsumerStatus,
+    term: u64,
+    now: Instant,
+    heartbeat: Duration,
+) -> bool {
+    match last {
+        None => true,
+        Some(w) => {
+            w.term != term
+                || w.digest != *digest
+                || now.saturating_duration_since(w.at) >= heartbeat
+        }
+    }
 }
 
 /// Shared by every reconcile.
@@ -407,9 +493,17 @@ async fn tick(
         Ok(t) => t,
         Err(e) => return target_problem(sc, ctx, key, e, poll).await,
     };
-    let scale = match ctx.kube.scale(&target).await {
-        Ok(s) => s,
-        Err(e) => return target_problem(sc, ctx, key, e, poll).await,
+    let generation = sc.metadata.generation;
+    let known = lock(&ctx.state)
+        .get(key)
+        .and_then(|st| st.scale)
+        .filter(|k| k.usable(generation, ctx.config.scale_refresh, Instant::now()));
+    let (mut scale, mut fresh) = match known {
+        Some(k) => (k.scale, false),
+        None => match read_scale(ctx, key, &target, generation).await {
+            Ok(s) => (s, true),
+            Err(e) => return target_problem(sc, ctx, key, e, poll).await,
+        },
     };
 
     let started = Instant::now();
@@ -428,35 +522,50 @@ async fn tick(
         Err(e) => ctx.metrics.error(e),
     }
     let now = Timestamp::now();
-    let current = scale.desired;
+    let input = match &observed {
+        Ok(obs) => Input::Observed(obs),
+        Err(_) => Input::Unavailable,
+    };
 
-    let (decision, failures, throughput) = {
+    // The history is taken out while the count may be confirmed (one reconcile per object
+    // runs at a time, so nothing else uses it meanwhile).
+    let mut history = {
         let mut states = lock(&ctx.state);
         let st = states.entry(key.to_string()).or_default();
-        let history = st
-            .history
-            .get_or_insert_with(|| seeded_history(sc, current, now));
-        if let ValidSource::RabbitMq {
-            access: RabbitMqAccess::Amqp(_),
-            ..
-        } = &valid.source
-        {
-            // AMQP gives no rates: a throughput measured before a switch from the management
-            // API could never be refreshed, so the backlog objective decides.
-            history.per_replica_throughput = None;
-        }
-        let input = match &observed {
-            Ok(obs) => Input::Observed(obs),
-            Err(_) => Input::Unavailable,
-        };
-        let decision = policy::decide(input, cfg, history, current, now);
-        history.record(input, &decision, cfg, current, now);
-        (
-            decision,
-            history.consecutive_failures,
-            history.per_replica_throughput,
-        )
+        st.history
+            .take()
+            .unwrap_or_else(|| seeded_history(sc, scale.desired, now))
     };
+    if let ValidSource::RabbitMq {
+        access: RabbitMqAccess::Amqp(_),
+        ..
+    } = &valid.source
+    {
+        // AMQP gives no rates: a throughput measured before a switch from the management
+        // API could never be refreshed, so the backlog objective decides.
+        history.per_replica_throughput = None;
+    }
+    let mut decision = policy::decide(input, cfg, &history, scale.desired, now);
+    if decision.desired != scale.desired && !fresh {
+        // A change is due: decide again on the workload's count as it is now (someone may
+        // have scaled it by hand since the last read).
+        match read_scale(ctx, key, &target, generation).await {
+            Ok(s) => {
+                scale = s;
+                fresh = true;
+                decision = policy::decide(input, cfg, &history, scale.desired, now);
+            }
+            Err(e) => {
+                lock(&ctx.state).entry(key.to_string()).or_default().history = Some(history);
+                return target_problem(sc, ctx, key, e, poll).await;
+            }
+        }
+    }
+    debug_assert!(fresh || decision.desired == scale.desired);
+    let current = scale.desired;
+    history.record(input, &decision, cfg, current, now);
+    let (failures, throughput) = (history.consecutive_failures, history.per_replica_throughput);
+    lock(&ctx.state).entry(key.to_string()).or_default().history = Some(history);
 
     ctx.metrics.decision(
         namespace,
@@ -476,7 +585,11 @@ async fn tick(
 
     let mut scaled = false;
     if decision.desired != current {
-        ctx.kube.set_replicas(&target, decision.desired).await?;
+        // Forget the count first: if the write fails, the next poll reads it again.
+        lock(&ctx.state).entry(key.to_string()).or_default().scale = None;
+        let written = ctx.kube.set_replicas(&target, decision.desired).await?;
+        remember_scale(ctx, key, written, generation);
+        scale.running = written.running;
         ctx.metrics
             .scaled(namespace, &sc.name_any(), current, decision.desired);
         scaled = true;
@@ -588,8 +701,68 @@ async fn tick(
         Some(extras) => with_rabbitmq(sc, status, extras),
         None => status,
     };
-    ctx.kube.apply_status(sc, &status).await?;
+    write_status(sc, ctx, key, &status).await?;
     Ok(next)
+}
+
+/// Read the workload's `/scale` and remember it (a failed read forgets what was known).
+async fn read_scale(
+    ctx: &Context,
+    key: &str,
+    target: &crate::kubeio::Target,
+    generation: Option<i64>,
+) -> Result<TargetScale> {
+    match ctx.kube.scale(target).await {
+        Ok(s) => {
+            remember_scale(ctx, key, s, generation);
+            Ok(s)
+        }
+        Err(e) => {
+            lock(&ctx.state).entry(key.to_string()).or_default().scale = None;
+            Err(e)
+        }
+    }
+}
+
+fn remember_scale(ctx: &Context, key: &str, scale: TargetScale, generation: Option<i64>) {
+    lock(&ctx.state).entry(key.to_string()).or_default().scale = Some(KnownScale {
+        scale,
+        at: Instant::now(),
+        generation,
+    });
+}
+
+/// Write the status unless it would change nothing a user reads since this replica last
+/// wrote it (see [`write_due`]).
+async fn write_status(
+    sc: &ScaledConsumer,
+    ctx: &Context,
+    key: &str,
+    status: &ScaledConsumerStatus,
+) -> Result<()> {
+    let d = digest(status);
+    let term = ctx.leadership.term();
+    let now = Instant::now();
+    let due = write_due(
+        lock(&ctx.state).get(key).and_then(|st| st.written.as_ref()),
+        &d,
+        term,
+        now,
+        ctx.config.status_heartbeat,
+    );
+    ctx.metrics.status_write(due);
+    if !due {
+        return Ok(());
+    }
+    // A failed write forgets what was written, so the next poll tries again.
+    lock(&ctx.state).entry(key.to_string()).or_default().written = None;
+    ctx.kube.apply_status(sc, status).await?;
+    lock(&ctx.state).entry(key.to_string()).or_default().written = Some(Written {
+        digest: d,
+        at: now,
+        term,
+    });
+    Ok(())
 }
 
 /// History for an object the controller has not seen since it started. The last scale time
@@ -890,7 +1063,7 @@ async fn report_blocked(sc: &ScaledConsumer, ctx: &Context, key: &str, err: &Err
         kafka: prev.kafka.clone().map(kafka_reconcile::status_for_apply),
         ..prev
     };
-    ctx.kube.apply_status(sc, &status).await
+    write_status(sc, ctx, key, &status).await
 }
 
 /// A target that cannot be resolved or read: report it and retry later (a permanent problem
@@ -1050,5 +1223,96 @@ mod tests {
         assert_eq!(backoff(s(1), 4, s(60)), s(8));
         assert_eq!(backoff(s(1), 40, s(60)), s(60));
         assert_eq!(backoff(s(5), 3, s(60)), s(20));
+    }
+
+    fn observed(backlog: i64, at: &str, rate: f64) -> ScaledConsumerStatus {
+        ScaledConsumerStatus {
+            desired_replicas: Some(1),
+            last_observation: Some(crate::api::ObservationStatus {
+                backlog,
+                ready: Some(backlog),
+                unacked: Some(0),
+                consumers: Some(1),
+                publish_rate: Some(rate),
+                deliver_rate: Some(rate),
+                ack_rate: Some(rate),
+                consumer_utilisation: Some(0.5),
+                observed_at: at.to_string(),
+            }),
+            per_replica_throughput: Some(rate),
+            ..ScaledConsumerStatus::default()
+        }
+    }
+
+    #[test]
+    fn digest_ignores_what_moves_every_poll() {
+        let a = observed(0, "2026-01-01T00:00:00Z", 0.5);
+        let b = observed(0, "2026-01-01T00:00:05Z", 0.7);
+        assert_eq!(digest(&a), digest(&b));
+        // A count a user reads is a change.
+        assert_ne!(
+            digest(&a),
+            digest(&observed(1, "2026-01-01T00:00:05Z", 0.5))
+        );
+        let mut c = a.clone();
+        c.desired_replicas = Some(2);
+        assert_ne!(digest(&a), digest(&c));
+        let mut d = a.clone();
+        d.reason = Some("backlog 0".into());
+        assert_ne!(digest(&a), digest(&d));
+    }
+
+    #[test]
+    fn status_is_written_on_change_new_term_or_heartbeat() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let d = digest(&observed(0, "x", 0.0));
+        let last = Written {
+            digest: d.clone(),
+            at: t0,
+            term: 1,
+        };
+        assert!(write_due(None, &d, 1, t0, minute), "first write");
+        assert!(!write_due(Some(&last), &d, 1, t0 + minute / 2, minute));
+        assert!(
+            write_due(Some(&last), &d, 1, t0 + minute, minute),
+            "heartbeat"
+        );
+        assert!(write_due(Some(&last), &d, 2, t0, minute), "new term");
+        let changed = digest(&observed(5, "x", 0.0));
+        assert!(write_due(Some(&last), &changed, 1, t0, minute), "change");
+        assert!(
+            write_due(Some(&last), &d, 1, t0, Duration::ZERO),
+            "every poll"
+        );
+    }
+
+    #[test]
+    fn a_known_count_is_reused_only_while_settled_and_fresh() {
+        let t0 = Instant::now();
+        let refresh = Duration::from_secs(60);
+        let settled = KnownScale {
+            scale: TargetScale {
+                desired: 3,
+                running: 3,
+            },
+            at: t0,
+            generation: Some(2),
+        };
+        assert!(settled.usable(Some(2), refresh, t0 + refresh / 2));
+        assert!(!settled.usable(Some(2), refresh, t0 + refresh), "too old");
+        assert!(!settled.usable(Some(3), refresh, t0), "the spec changed");
+        assert!(
+            !settled.usable(Some(2), Duration::ZERO, t0),
+            "read every poll"
+        );
+        let converging = KnownScale {
+            scale: TargetScale {
+                desired: 3,
+                running: 1,
+            },
+            ..settled
+        };
+        assert!(!converging.usable(Some(2), refresh, t0));
     }
 }

@@ -143,18 +143,21 @@ impl KubeIo {
         }
     }
 
-    /// Set the target's replica count through `/scale`.
-    pub async fn set_replicas(&self, target: &Target, replicas: i32) -> Result<()> {
+    /// Set the target's replica count through `/scale`; returns the counts the answer shows.
+    pub async fn set_replicas(&self, target: &Target, replicas: i32) -> Result<TargetScale> {
         let patch = json!({ "spec": { "replicas": replicas } });
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
         };
-        target
+        let scale = target
             .api
             .patch_scale(&target.name, &pp, &Patch::Merge(&patch))
             .await?;
-        Ok(())
+        Ok(TargetScale {
+            desired: scale.spec.and_then(|s| s.replicas).unwrap_or(replicas),
+            running: scale.status.map(|s| s.replicas).unwrap_or(0),
+        })
     }
 
     /// Look up `env` of `container` in the target's pod template (`spec.template.spec`).

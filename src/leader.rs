@@ -20,6 +20,7 @@
 //! A leader that is killed is replaced within the lease duration (plus one API call).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,8 @@ impl LeaseSettings {
 pub struct Leadership {
     always: bool,
     until: Arc<Mutex<Option<Instant>>>,
+    /// Counts the grants that began a new stretch of leadership (see [`Leadership::term`]).
+    term: Arc<AtomicU64>,
 }
 
 impl Leadership {
@@ -96,6 +99,7 @@ impl Leadership {
         Self {
             always: true,
             until: Arc::default(),
+            term: Arc::new(AtomicU64::new(1)),
         }
     }
 
@@ -104,6 +108,7 @@ impl Leadership {
         Self {
             always: false,
             until: Arc::default(),
+            term: Arc::default(),
         }
     }
 
@@ -112,8 +117,19 @@ impl Leadership {
         self.always || lock(&self.until).is_some_and(|t| Instant::now() < t)
     }
 
+    /// Which stretch of leadership this is: it grows each time this replica starts acting
+    /// after a time it did not (0 before the first). What a replica remembers having
+    /// written in an earlier term may have been overwritten by another leader since.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::SeqCst)
+    }
+
     fn grant(&self, until: Instant) {
-        *lock(&self.until) = Some(until);
+        let mut held = lock(&self.until);
+        if !held.is_some_and(|t| Instant::now() < t) {
+            self.term.fetch_add(1, Ordering::SeqCst);
+        }
+        *held = Some(until);
     }
 
     fn revoke(&self) {
@@ -459,5 +475,23 @@ mod tests {
         l.grant(Instant::now() - Duration::from_millis(1));
         assert!(!l.is_leader());
         assert!(Leadership::always().is_leader());
+    }
+
+    #[test]
+    fn a_new_term_begins_after_a_gap() {
+        let l = Leadership::elected();
+        assert_eq!(l.term(), 0);
+        l.grant(Instant::now() + Duration::from_secs(60));
+        assert_eq!(l.term(), 1);
+        // Renewals while leading keep the term.
+        l.grant(Instant::now() + Duration::from_secs(60));
+        assert_eq!(l.term(), 1);
+        l.revoke();
+        l.grant(Instant::now() + Duration::from_secs(60));
+        assert_eq!(l.term(), 2);
+        // A grant that lapsed before the next one counts as a gap too.
+        l.grant(Instant::now() - Duration::from_millis(1));
+        l.grant(Instant::now() + Duration::from_secs(60));
+        assert_eq!(l.term(), 3);
     }
 }

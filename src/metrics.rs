@@ -57,6 +57,11 @@ struct PollLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusWriteLabels {
+    outcome: &'static str,
+}
+
 fn poll_histogram() -> Histogram {
     // 5 ms .. ~10 s
     Histogram::new(exponential_buckets(0.005, 2.0, 12))
@@ -76,6 +81,7 @@ pub struct Metrics {
     poll_duration: Family<PollLabels, Histogram, fn() -> Histogram>,
     leader: Gauge,
     leader_acquisitions: Counter,
+    status_writes: Family<StatusWriteLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +111,7 @@ impl Metrics {
             poll_duration: Family::new_with_constructor(poll_histogram as fn() -> Histogram),
             leader: Gauge::default(),
             leader_acquisitions: Counter::default(),
+            status_writes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles started", m.reconciles.clone());
@@ -157,6 +164,11 @@ impl Metrics {
             "leader_acquisitions",
             "Times this instance became leader",
             m.leader_acquisitions.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes of the reconcile, by outcome: written, or skipped because nothing a user reads changed and no heartbeat was due",
+            m.status_writes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -254,6 +266,15 @@ impl Metrics {
                 direction,
             });
         }
+    }
+
+    /// A reconcile's status was written (`true`) or left as it was (`false`).
+    pub fn status_write(&self, written: bool) {
+        self.status_writes
+            .get_or_create(&StatusWriteLabels {
+                outcome: if written { "written" } else { "skipped" },
+            })
+            .inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -321,7 +321,8 @@ async fn rebalance(kafka: Arc<Kafka>) -> Result<(), String> {
         )
         .await
         .map_err(|e| e.to_string())?;
-    let _op = cluster.start_operator(ns);
+    // Readings are counted through status.lastObservation, so every poll writes it.
+    let _op = cluster.start_operator_writing_every_poll(ns);
     let want_lag = 900 + 800 + 700 + 600;
     wait_status(
         &cluster,
@@ -680,7 +681,7 @@ async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let _op = cluster.start_operator(ns);
+    let _op = cluster.start_operator_writing_every_poll(ns);
     let r = redrive_done(&cluster, ns, "retry", "r1", Duration::from_secs(180)).await?;
     let took = started.elapsed();
     if (r.state.as_str(), r.moved, r.to_copy, r.failed, r.duplicates)

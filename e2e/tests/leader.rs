@@ -234,13 +234,26 @@ async fn two_replicas(
         (b, a)
     };
     for p in [&*leader, &*follower] {
-        for path in ["/healthz", "/readyz"] {
-            let url = p.url(path);
-            let (status, _) = blocking(move || http_get(&url)).await??;
-            if status != 200 {
-                return Err(format!("{}{path}: {status}", p.identity));
-            }
+        let url = p.url("/healthz");
+        let (status, _) = blocking(move || http_get(&url)).await??;
+        if status != 200 {
+            return Err(format!("{}/healthz: {status}", p.identity));
         }
+        // Readiness follows the first list of every watched namespace, which a replica may
+        // finish after another one has already acted.
+        eventually(
+            &format!("{}/readyz to answer 200", p.identity),
+            Duration::from_secs(20),
+            || async {
+                let url = p.url("/readyz");
+                Ok(blocking(move || http_get(&url))
+                    .await?
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ()))
+            },
+        )
+        .await?;
     }
     // The follower observes (its /metrics shows the backlog) but never acts.
     let fm = eventually(

@@ -501,7 +501,7 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
                 .map(|r| r.phase)
                 .unwrap_or_default()
         );
-        operator = Some(cluster.start_operator(ns));
+        operator = Some(cluster.start_operator_writing_every_poll(ns));
     }
 
     let done = status_where(&cluster, ns, "sc", "redrive finished", |s| {

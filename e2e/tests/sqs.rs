@@ -451,7 +451,7 @@ async fn client_redrive(moto: Arc<Moto>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let _op = cluster.start_operator(ns);
+    let _op = cluster.start_operator_writing_every_poll(ns);
     // moto answers a receive from a 1,000-message queue in about 1.5 s (it scans the queue),
     // so the move takes minutes on a loaded 2-core machine; the deadline leaves room.
     let r = completed(&cluster, ns, "jobs", "r1", Duration::from_secs(600)).await?;

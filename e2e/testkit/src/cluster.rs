@@ -88,6 +88,16 @@ impl Cluster {
         self.start_operator_with(Self::operator_config(namespace))
     }
 
+    /// Start the operator with a zero status heartbeat: it writes the status on every poll
+    /// even when nothing changed, so a trial can count polls through
+    /// `status.lastObservation.observedAt` (by default an unchanged status is not rewritten).
+    pub fn start_operator_writing_every_poll(&self, namespace: &str) -> Operator {
+        self.start_operator_with(OperatorConfig {
+            status_heartbeat: Duration::ZERO,
+            ..Self::operator_config(namespace)
+        })
+    }
+
     /// The settings [`Cluster::start_operator`] uses: one namespace, short timeouts.
     pub fn operator_config(namespace: &str) -> OperatorConfig {
         OperatorConfig {
