@@ -323,7 +323,12 @@ async fn run_controller(
         .with_config(ControllerConfig::default().concurrency(config.concurrency));
     let store = controller.store();
     let ctx = Arc::new(Context {
-        kube: Arc::new(KubeIo::new(client.clone(), config.instance.clone())),
+        kube: Arc::new(KubeIo::new(
+            client.clone(),
+            config.instance.clone(),
+            leadership.clone(),
+            metrics.clone(),
+        )),
         rabbitmq: SharedPoller::new(Arc::new(ManagementApi::new(config.source_timeout))),
         rabbitmq_amqp: AmqpReader::new(config.source_timeout),
         rabbitmq_extras: RabbitMqExtras::new(),
@@ -433,7 +438,12 @@ async fn reconcile(sc: Arc<ScaledConsumer>, ctx: Arc<Context>) -> Result<Action>
         }
     }
 
-    let delay = tick(&sc, &valid, &namespace, &key, &ctx).await?;
+    let delay = match tick(&sc, &valid, &namespace, &key, &ctx).await {
+        Ok(d) => d,
+        // Leadership lapsed during the tick: nothing was written; poll as a follower does.
+        Err(Error::NotLeader) => valid.policy.poll_interval,
+        Err(e) => return Err(e),
+    };
     let mut states = lock(&ctx.state);
     let st = states.entry(key).or_default();
     st.generation = generation;

@@ -49,6 +49,10 @@ pub enum Error {
     /// The object lacks a namespace or name (never the case for served objects).
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
+
+    /// A write was dropped: this replica does not lead (any more).
+    #[error("not the leader: the write was dropped")]
+    NotLeader,
 }
 
 impl Error {
@@ -63,7 +67,8 @@ impl Error {
             Error::TargetNotFound { .. }
             | Error::SecretNotFound { .. }
             | Error::SecretKeyMissing { .. }
-            | Error::Kube(_) => false,
+            | Error::Kube(_)
+            | Error::NotLeader => false,
         }
     }
 
@@ -79,6 +84,7 @@ impl Error {
             Error::Source(e) => e.reason(),
             Error::Kube(_) => "KubernetesApiError",
             Error::MissingObjectKey(_) => "InvalidObject",
+            Error::NotLeader => "NotLeader",
         }
     }
 

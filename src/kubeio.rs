@@ -1,5 +1,11 @@
 //! The one place that talks to the Kubernetes API on behalf of the controller: resolving and
 //! scaling targets through `/scale`, reading credentials, writing status and Events.
+//!
+//! It is also the one writer: every write (`/scale`, status, Events, the prefetch value)
+//! first asks the [`Leadership`]. A replica that does not lead drops the write and counts it
+//! in `nerite_writes_dropped_total`; a background job's writes also carry the [`Guard`] of
+//! the term it started in, so a job of a lapsed term can never write, whatever happened
+//! since.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +20,8 @@ use serde_json::json;
 
 use crate::api::{ScaleTargetRef, ScaledConsumer, ScaledConsumerStatus, SecretKeysRef};
 use crate::error::{Error, Result};
+use crate::leader::{Guard, Leadership};
+use crate::metrics::Metrics;
 use crate::source::Credentials;
 
 /// Field manager nerite uses for every write.
@@ -61,10 +69,37 @@ pub struct KubeIo {
     recorder: Recorder,
     kinds: Mutex<HashMap<(String, String), (Instant, ApiResource)>>,
     secrets: Mutex<SecretCache>,
+    leadership: Leadership,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+/// What a write is, for the dropped-writes metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Scale,
+    Status,
+    Event,
+    Prefetch,
+}
+
+impl Write {
+    pub fn name(self) -> &'static str {
+        match self {
+            Write::Scale => "scale",
+            Write::Status => "status",
+            Write::Event => "event",
+            Write::Prefetch => "prefetch",
+        }
+    }
 }
 
 impl KubeIo {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        instance: Option<String>,
+        leadership: Leadership,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_string(),
             instance,
@@ -74,11 +109,45 @@ impl KubeIo {
             client,
             kinds: Mutex::default(),
             secrets: Mutex::default(),
+            leadership,
+            metrics,
         }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The right to act in the current term (for a background job to carry).
+    pub fn guard(&self) -> Guard {
+        self.leadership.guard()
+    }
+
+    /// True while this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// Whether a write may go out: this replica leads (in the guard's term, when a job
+    /// writes). A refused write is counted.
+    fn permit(&self, write: Write, guard: Option<&Guard>) -> bool {
+        let ok = match guard {
+            Some(g) => g.holds(),
+            None => self.leadership.is_leader(),
+        };
+        if !ok {
+            self.metrics.write_dropped(write.name());
+            tracing::debug!(write = write.name(), "not the leader: write dropped");
+        }
+        ok
+    }
+
+    fn permit_or_err(&self, write: Write, guard: Option<&Guard>) -> Result<()> {
+        if self.permit(write, guard) {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
     }
 
     /// Resolve `scaleTargetRef` to an API that has a `/scale` subresource.
@@ -145,6 +214,7 @@ impl KubeIo {
 
     /// Set the target's replica count through `/scale`; returns the counts the answer shows.
     pub async fn set_replicas(&self, target: &Target, replicas: i32) -> Result<TargetScale> {
+        self.permit_or_err(Write::Scale, None)?;
         let patch = json!({ "spec": { "replicas": replicas } });
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
@@ -218,7 +288,8 @@ impl KubeIo {
         container: &str,
         env: &str,
         value: &str,
-    ) -> std::result::Result<(), kube::Error> {
+    ) -> Result<()> {
+        self.permit_or_err(Write::Prefetch, None)?;
         let patch = json!({
             "apiVersion": api_version,
             "kind": target.kind,
@@ -234,8 +305,8 @@ impl KubeIo {
                 &PatchParams::apply(PREFETCH_FIELD_MANAGER),
                 &Patch::Apply(&patch),
             )
-            .await
-            .map(drop)
+            .await?;
+        Ok(())
     }
 
     /// One key of a ConfigMap (`None` when the ConfigMap or the key is missing).
@@ -261,7 +332,8 @@ impl KubeIo {
         name: &str,
         key: &str,
         value: &str,
-    ) -> std::result::Result<(), kube::Error> {
+    ) -> Result<()> {
+        self.permit_or_err(Write::Prefetch, None)?;
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         let patch = json!({
             "apiVersion": "v1",
@@ -274,8 +346,8 @@ impl KubeIo {
             &PatchParams::apply(PREFETCH_FIELD_MANAGER),
             &Patch::Apply(&patch),
         )
-        .await
-        .map(drop)
+        .await?;
+        Ok(())
     }
 
     /// Read credentials from a Secret in `namespace` (cached briefly).
@@ -343,12 +415,21 @@ impl KubeIo {
         lock(&self.secrets).remove(&(namespace.to_string(), name.to_string()));
     }
 
+    /// The ScaledConsumer as the API server has it now (not as a watch cache last saw it):
+    /// a job that starts or resumes decides on this durable record.
+    pub async fn current(&self, sc: &ScaledConsumer) -> Result<ScaledConsumer> {
+        let namespace = sc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+        let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), &namespace);
+        Ok(api.get(&sc.name_any()).await?)
+    }
+
     /// Write the status by server-side apply under nerite's field manager.
     pub async fn apply_status(
         &self,
         sc: &ScaledConsumer,
         status: &ScaledConsumerStatus,
     ) -> Result<()> {
+        self.permit_or_err(Write::Status, None)?;
         let namespace = sc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
         let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), &namespace);
         let patch = json!({
@@ -366,13 +447,16 @@ impl KubeIo {
     }
 
     /// Merge-patch part of the status under its own field manager (a long-running task's
-    /// progress, which the tick's server-side apply of the status does not own).
+    /// progress, which the tick's server-side apply of the status does not own), as the job
+    /// holding `guard`.
     pub async fn merge_status(
         &self,
+        guard: &Guard,
         sc: &ScaledConsumer,
         field_manager: &str,
         status: serde_json::Value,
     ) -> Result<()> {
+        self.permit_or_err(Write::Status, Some(guard))?;
         let namespace = sc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
         let api: Api<ScaledConsumer> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PatchParams {
@@ -391,6 +475,34 @@ impl KubeIo {
     /// Publish an Event on the ScaledConsumer. Failures are logged, never returned: an Event
     /// that cannot be written must not stop scaling.
     pub async fn event(
+        &self,
+        sc: &ScaledConsumer,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        if self.permit(Write::Event, None) {
+            self.publish(sc, warning, reason, action, note).await;
+        }
+    }
+
+    /// [`KubeIo::event`] from the job holding `guard`.
+    pub async fn job_event(
+        &self,
+        guard: &Guard,
+        sc: &ScaledConsumer,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        if self.permit(Write::Event, Some(guard)) {
+            self.publish(sc, warning, reason, action, note).await;
+        }
+    }
+
+    async fn publish(
         &self,
         sc: &ScaledConsumer,
         warning: bool,

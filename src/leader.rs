@@ -1,17 +1,21 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease.
 //!
 //! Every replica runs the controller: all of them watch and observe, only the leader writes
-//! (`/scale`, status, Events). The controller asks [`Leadership::is_leader`] before each
-//! write.
+//! (`/scale`, status, Events). Every write goes through [`crate::kubeio::KubeIo`], which asks
+//! [`Leadership::is_leader`] first (background jobs carry a [`Guard`] of their term).
 //!
 //! The rules, chosen so that two replicas never act at once:
 //! - The holder renews the Lease every `retry_period`. Its right to act lasts
 //!   `renew_deadline` from the moment it *sent* its last successful read, so a holder that
 //!   cannot reach the API server stops acting on its own, before anyone else may take over.
-//! - A candidate never trusts the holder's clock. It notes, on its own clock, when it last
-//!   read the Lease *before* the record changed; the Lease expires `leaseDurationSeconds`
-//!   after that. Since the holder wrote the record after that read, the holder's right to act
-//!   ended earlier (`renew_deadline + 2·retry_period ≤ lease_duration` is enforced).
+//! - A candidate never trusts the holder's clock. It notes, on its own clock, when it sent
+//!   the first read that showed the current record; the Lease expires `leaseDurationSeconds`
+//!   after that. The holder wrote the record before that read was answered, after its own
+//!   read was sent, so its right to act ends within `renew_deadline` plus one read's latency
+//!   of that moment: earlier, as `renew_deadline + 2·retry_period ≤ lease_duration` is
+//!   enforced and reads time out. (Counting from the read *before* the change would be
+//!   unsafe for a candidate that was itself stalled between two reads: it would see a fresh
+//!   renewal as long expired.)
 //! - Writes carry the `resourceVersion` read: of two candidates, the API server lets one
 //!   win and answers 409 to the other.
 //! - A replica that stops gracefully clears the holder, so another takes over within one
@@ -124,7 +128,7 @@ impl Leadership {
         self.term.load(Ordering::SeqCst)
     }
 
-    fn grant(&self, until: Instant) {
+    pub(crate) fn grant(&self, until: Instant) {
         let mut held = lock(&self.until);
         if !held.is_some_and(|t| Instant::now() < t) {
             self.term.fetch_add(1, Ordering::SeqCst);
@@ -132,8 +136,40 @@ impl Leadership {
         *held = Some(until);
     }
 
-    fn revoke(&self) {
+    pub(crate) fn revoke(&self) {
         *lock(&self.until) = None;
+    }
+}
+
+impl Leadership {
+    /// The right to act in the current term, for work that spans many steps.
+    pub fn guard(&self) -> Guard {
+        Guard {
+            leadership: self.clone(),
+            term: self.term(),
+        }
+    }
+}
+
+/// A right to act, tied to the term it was taken in. It stops holding when leadership
+/// lapses — and stays void if this replica leads again later, since another leader may have
+/// acted in between. Background jobs (redrives) check it before every step and every write,
+/// so a replica that was frozen past its Lease does nothing once it runs again.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    leadership: Leadership,
+    term: u64,
+}
+
+impl Guard {
+    /// True while this replica still leads in the term the guard was taken in.
+    pub fn holds(&self) -> bool {
+        self.leadership.is_leader() && self.leadership.term() == self.term
+    }
+
+    /// The term the guard was taken in.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 }
 
@@ -146,8 +182,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Observed {
     /// resourceVersion of the record last read.
     version: Option<String>,
-    /// When the previous read was sent.
-    previous_read: Option<Instant>,
     /// When the record last read stops being valid.
     expires: Option<Instant>,
 }
@@ -156,13 +190,12 @@ impl Observed {
     /// Note a read sent at `sent` that returned a record with `version` and `duration`.
     fn saw(&mut self, version: Option<&str>, duration: Duration, sent: Instant) {
         if self.version.as_deref() != version || self.expires.is_none() {
-            // The record was written after our previous read (or, for the first read, before
-            // this one was answered): count its lifetime from the earlier of the two.
-            let since = self.previous_read.unwrap_or(sent);
-            self.expires = Some(since + duration);
+            // A record not seen before: it was written before this read was answered, so its
+            // lifetime counts from this read (never from an earlier one: this replica may
+            // have been stalled for long between the two).
+            self.expires = Some(sent + duration);
             self.version = version.map(str::to_string);
         }
-        self.previous_read = Some(sent);
     }
 }
 
@@ -450,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_counts_from_the_read_before_the_change() {
+    fn expiry_counts_from_the_first_read_that_saw_the_record() {
         let t0 = Instant::now();
         let d = Duration::from_secs(3);
         let mut o = Observed::default();
@@ -460,10 +493,19 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         o.saw(Some("1"), d, t1);
         assert_eq!(o.expires, Some(t0 + d));
-        // Renewed between t1 and t2: counts from t1, when it was not yet renewed.
+        // Renewed between t1 and t2: counts from t2, the first read that showed it.
         let t2 = t1 + Duration::from_millis(500);
         o.saw(Some("2"), d, t2);
-        assert_eq!(o.expires, Some(t1 + d));
+        assert_eq!(o.expires, Some(t2 + d));
+        // A candidate stalled for a minute between two reads (SIGSTOP, a VM pause) sees a
+        // renewal made just before its next read as fresh, not as a minute old.
+        let t3 = t2 + Duration::from_secs(60);
+        o.saw(Some("3"), d, t3);
+        assert_eq!(o.expires, Some(t3 + d));
+        assert_eq!(
+            next_step(Some("other"), "me", t3 + d, t3),
+            Step::Follow { expires: t3 + d }
+        );
     }
 
     #[test]
@@ -493,5 +535,22 @@ mod tests {
         l.grant(Instant::now() - Duration::from_millis(1));
         l.grant(Instant::now() + Duration::from_secs(60));
         assert_eq!(l.term(), 3);
+    }
+
+    #[test]
+    fn a_guard_holds_only_in_its_own_term() {
+        let l = Leadership::elected();
+        assert!(!l.guard().holds(), "no right before the first grant");
+        l.grant(Instant::now() + Duration::from_secs(60));
+        let g = l.guard();
+        assert!(g.holds());
+        l.grant(Instant::now() + Duration::from_secs(60));
+        assert!(g.holds(), "renewals keep it");
+        l.revoke();
+        assert!(!g.holds());
+        l.grant(Instant::now() + Duration::from_secs(60));
+        assert!(!g.holds(), "a later term does not revive it");
+        assert!(l.guard().holds());
+        assert!(Leadership::always().guard().holds());
     }
 }

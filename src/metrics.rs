@@ -58,6 +58,11 @@ struct PollLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    write: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusWriteLabels {
     outcome: &'static str,
 }
@@ -82,6 +87,7 @@ pub struct Metrics {
     leader: Gauge,
     leader_acquisitions: Counter,
     status_writes: Family<StatusWriteLabels, Counter>,
+    writes_dropped: Family<WriteLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,6 +118,7 @@ impl Metrics {
             leader: Gauge::default(),
             leader_acquisitions: Counter::default(),
             status_writes: Family::default(),
+            writes_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles started", m.reconciles.clone());
@@ -169,6 +176,11 @@ impl Metrics {
             "status_writes",
             "Status writes of the reconcile, by outcome: written, or skipped because nothing a user reads changed and no heartbeat was due",
             m.status_writes.clone(),
+        );
+        registry.register(
+            "writes_dropped",
+            "Kubernetes writes dropped because this replica did not lead (or a job's term had lapsed), by kind (scale, status, event, prefetch)",
+            m.writes_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -274,6 +286,13 @@ impl Metrics {
             .get_or_create(&StatusWriteLabels {
                 outcome: if written { "written" } else { "skipped" },
             })
+            .inc();
+    }
+
+    /// A write was dropped: this replica does not lead.
+    pub fn write_dropped(&self, write: &'static str) {
+        self.writes_dropped
+            .get_or_create(&WriteLabels { write })
             .inc();
     }
 

@@ -8,6 +8,7 @@
 
 mod kafka;
 mod leader;
+mod leader_stall;
 mod operator;
 mod packaging;
 mod rabbitmq_amqp;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     trials.extend(rabbitmq_prefetch::trials(&env));
     trials.extend(operator::trials(&env));
     trials.extend(leader::trials(&env));
+    trials.extend(leader_stall::trials(&env));
     trials.extend(packaging::trials(&env));
     trials.extend(sqs::trials(&env));
     trials.extend(kafka::trials(&env));

@@ -7,6 +7,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::leader::Guard;
+
 /// The job runs.
 pub const RUNNING: u8 = 0;
 /// The job ended with an outcome recorded in the status.
@@ -63,6 +65,8 @@ struct Job {
     cancel: Arc<AtomicBool>,
     state: Arc<AtomicU8>,
     handle: tokio::task::AbortHandle,
+    /// The leadership term it runs in.
+    term: u64,
 }
 
 /// Jobs running in this process, per ScaledConsumer. Dropping it stops them.
@@ -83,21 +87,29 @@ impl Drop for Jobs {
 pub type CancelFlag = Arc<AtomicBool>;
 
 impl Jobs {
-    /// Apply [`step`] for `key` and start the job when due: `start(resume, cancel)` builds
-    /// the job's future, which returns [`FINISHED`] or [`INTERRUPTED`].
+    /// Apply [`step`] for `key` and start the job when due: `start(resume, cancel, guard)`
+    /// builds the job's future, which returns [`FINISHED`] or [`INTERRUPTED`]. The job gets
+    /// `guard` (the leader's right to act in this term) and must stop as soon as it no longer
+    /// holds. A job of an earlier term is stopped and forgotten here: what it did is only
+    /// known from the status it recorded, so the request is resumed from there.
     pub fn supervise<F, Fut>(
         &self,
         key: &str,
         request_id: &str,
         cancel: bool,
         recorded: Option<(&str, bool)>,
+        guard: &Guard,
         start: F,
     ) -> Step
     where
-        F: FnOnce(bool, CancelFlag) -> Fut,
+        F: FnOnce(bool, CancelFlag, Guard) -> Fut,
         Fut: Future<Output = u8> + Send + 'static,
     {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stale) = jobs.get(key).filter(|j| j.term != guard.term()) {
+            stale.handle.abort();
+            jobs.remove(key);
+        }
         let running = jobs
             .get(key)
             .map(|j| (j.request_id.as_str(), j.state.load(Ordering::SeqCst)));
@@ -115,7 +127,7 @@ impl Jobs {
         };
         let flag = Arc::new(AtomicBool::new(cancel));
         let state = Arc::new(AtomicU8::new(RUNNING));
-        let fut = start(resume, flag.clone());
+        let fut = start(resume, flag.clone(), guard.clone());
         let done = state.clone();
         let task = tokio::spawn(async move {
             let outcome = fut.await;
@@ -128,6 +140,7 @@ impl Jobs {
                 cancel: flag,
                 state,
                 handle: task.abort_handle(),
+                term: guard.term(),
             },
         );
         decided
@@ -151,6 +164,47 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leader::Leadership;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_job_of_an_earlier_term_is_stopped_and_the_record_decides() {
+        let leadership = Leadership::elected();
+        leadership.grant(Instant::now() + Duration::from_secs(60));
+        let jobs = Jobs::default();
+        let first = leadership.guard();
+        let started = jobs.supervise("ns/a", "r1", false, None, &first, |_, _, _| {
+            std::future::pending::<u8>()
+        });
+        assert_eq!(started, Step::Start);
+        let again = jobs.supervise(
+            "ns/a",
+            "r1",
+            false,
+            Some(("r1", true)),
+            &first,
+            |_, _, _| std::future::pending::<u8>(),
+        );
+        assert_eq!(again, Step::Nothing, "one run per id while it runs");
+        // Leadership lapses and comes back: the old run is void; the status shows the
+        // request running, so it is resumed from there.
+        leadership.revoke();
+        leadership.grant(Instant::now() + Duration::from_secs(60));
+        let second = leadership.guard();
+        assert!(!first.holds());
+        let resumed = jobs.supervise(
+            "ns/a",
+            "r1",
+            false,
+            Some(("r1", true)),
+            &second,
+            |resume, _, guard| {
+                assert!(resume && guard.holds());
+                std::future::pending::<u8>()
+            },
+        );
+        assert_eq!(resumed, Step::Resume);
+    }
 
     #[test]
     fn one_run_per_request_id() {

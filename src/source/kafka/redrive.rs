@@ -37,6 +37,7 @@ use super::wire::Cluster;
 use super::{find_coordinators, list_offsets, metadata, offset_fetch};
 use crate::api::{KafkaRedriveJournal, KafkaRedriveStatus, ScaledConsumer};
 use crate::kubeio::KubeIo;
+use crate::leader::Guard;
 use crate::source::SourceError;
 use crate::source::jobs::{self, CancelFlag, FINISHED, INTERRUPTED, Jobs};
 use crate::status;
@@ -93,7 +94,7 @@ pub fn supervise(jobs: &Jobs, r: Request<'_>) -> jobs::Step {
         .map(|p| (p.request_id.as_str(), p.state == "Running"));
     let namespace = r.sc.metadata.namespace.clone().unwrap_or_default();
     let name = r.sc.metadata.name.clone().unwrap_or_default();
-    let run_of = |resume: bool, cancel: CancelFlag| {
+    let run_of = |resume: bool, cancel: CancelFlag, guard: Guard| {
         let progress = match (resume, prev.clone()) {
             (true, Some(p)) => p,
             (_, earlier) => KafkaRedriveStatus {
@@ -114,6 +115,7 @@ pub fn supervise(jobs: &Jobs, r: Request<'_>) -> jobs::Step {
             dlq: r.dead_letter_topic.to_string(),
             rate: r.rate,
             cancel,
+            guard,
             progress,
             producer: None,
             leaders: HashMap::new(),
@@ -123,7 +125,14 @@ pub fn supervise(jobs: &Jobs, r: Request<'_>) -> jobs::Step {
         };
         run.run(resume)
     };
-    jobs.supervise(r.key, r.request_id, r.cancel, recorded, run_of)
+    jobs.supervise(
+        r.key,
+        r.request_id,
+        r.cancel,
+        recorded,
+        &r.kube.guard(),
+        run_of,
+    )
 }
 
 /// Why a run stopped before its end.
@@ -133,6 +142,9 @@ enum Stop {
     Fail(String),
     /// Transient: the status stays `Running` and a later tick resumes.
     Interrupted(String),
+    /// This replica no longer leads in the term the run started in: stop at once, write
+    /// nothing; the leader resumes from the recorded progress.
+    LostLeadership,
 }
 
 impl From<SourceError> for Stop {
@@ -154,6 +166,9 @@ struct Run {
     dlq: String,
     rate: Option<u32>,
     cancel: CancelFlag,
+    /// The right to act this run started with; checked before every produce, commit and
+    /// write.
+    guard: Guard,
     progress: KafkaRedriveStatus,
     producer: Option<Producer>,
     /// (topic, partition) → leader.
@@ -165,10 +180,37 @@ struct Run {
 }
 
 impl Run {
-    async fn run(mut self, resumed: bool) -> u8 {
+    async fn run(mut self, mut resumed: bool) -> u8 {
+        // The watch cache this run was planned from may be behind (a new leader's cache
+        // lags; a replica that was stalled has an old one): decide on the record as the API
+        // server has it, so progress another leader recorded is never reset or overwritten.
+        let recorded = match self.kube.current(&self.sc).await {
+            Ok(sc) => sc.status.and_then(|s| s.kafka).and_then(|k| k.redrive),
+            Err(e) => {
+                tracing::warn!(error = %e, "redrive: cannot read the recorded progress; will retry");
+                return INTERRUPTED;
+            }
+        };
+        match recorded {
+            Some(r) if r.request_id == self.progress.request_id && r.state == "Running" => {
+                self.progress = r;
+                resumed = true;
+            }
+            Some(r) if r.request_id == self.progress.request_id => return FINISHED,
+            _ if resumed => return INTERRUPTED,
+            // Another request still runs: one at a time.
+            Some(r) if r.state == "Running" => return INTERRUPTED,
+            // What the previous request copied is not copied again.
+            Some(r) => self.progress.start_offsets = r.stop_offsets,
+            None => {}
+        }
         let result = self.run_inner(resumed).await;
         match result {
             Ok(()) => {}
+            Err(Stop::LostLeadership) => {
+                tracing::info!(request = %self.progress.request_id, "redrive stopped: this replica no longer leads; the leader resumes it from the recorded progress");
+                return INTERRUPTED;
+            }
             Err(Stop::Interrupted(why)) => {
                 tracing::warn!(request = %self.progress.request_id, reason = %why, "redrive interrupted; a later tick resumes it");
                 self.progress.message = Some(format!("interrupted, resuming: {why}"));
@@ -211,22 +253,42 @@ impl Run {
         );
         let warning = p.state == "Failed" || p.failed > 0;
         let reason = format!("Redrive{}", p.state);
-        self.kube
-            .event(&self.sc, warning, &reason, "Redrive", note)
-            .await;
+        self.event(warning, &reason, note).await;
         FINISHED
     }
 
     async fn checkpoint(&self) -> crate::error::Result<()> {
         self.kube
-            .merge_status(&self.sc, FIELD_MANAGER, redrive_patch(&self.progress))
+            .merge_status(
+                &self.guard,
+                &self.sc,
+                FIELD_MANAGER,
+                redrive_patch(&self.progress),
+            )
             .await
     }
 
     async fn checkpoint_or_stop(&self) -> Result<(), Stop> {
-        self.checkpoint()
-            .await
-            .map_err(|e| Stop::Interrupted(format!("cannot record progress: {e}")))
+        match self.checkpoint().await {
+            Ok(()) => Ok(()),
+            Err(crate::error::Error::NotLeader) => Err(Stop::LostLeadership),
+            Err(e) => Err(Stop::Interrupted(format!("cannot record progress: {e}"))),
+        }
+    }
+
+    async fn event(&self, warning: bool, reason: &str, note: String) {
+        self.kube
+            .job_event(&self.guard, &self.sc, warning, reason, "Redrive", note)
+            .await;
+    }
+
+    /// Go on only while this run's right to act holds.
+    fn fence(&self) -> Result<(), Stop> {
+        if self.guard.holds() {
+            Ok(())
+        } else {
+            Err(Stop::LostLeadership)
+        }
     }
 
     /// Partitions and leaders of the dead-letter and target topics.
@@ -311,34 +373,28 @@ impl Run {
                 .map(|(p, e)| (e - begin(*p, &starts, &self.progress.start_offsets)).max(0))
                 .sum();
             self.checkpoint_or_stop().await?;
-            self.kube
-                .event(
-                    &self.sc,
-                    false,
-                    "RedriveStarted",
-                    "Redrive",
-                    format!(
-                        "redrive {}: copying {} records from {} to {} (progress in group {group})",
-                        self.progress.request_id,
-                        self.progress.to_copy,
-                        self.dlq,
-                        self.progress.target_topic
-                    ),
-                )
-                .await;
+            self.event(
+                false,
+                "RedriveStarted",
+                format!(
+                    "redrive {}: copying {} records from {} to {} (progress in group {group})",
+                    self.progress.request_id,
+                    self.progress.to_copy,
+                    self.dlq,
+                    self.progress.target_topic
+                ),
+            )
+            .await;
         } else {
-            self.kube
-                .event(
-                    &self.sc,
-                    false,
-                    "RedriveResumed",
-                    "Redrive",
-                    format!(
-                        "resuming redrive {} ({} of {} copied so far)",
-                        self.progress.request_id, self.progress.moved, self.progress.to_copy
-                    ),
-                )
-                .await;
+            self.event(
+                false,
+                "RedriveResumed",
+                format!(
+                    "resuming redrive {} ({} of {} copied so far)",
+                    self.progress.request_id, self.progress.moved, self.progress.to_copy
+                ),
+            )
+            .await;
         }
         let parts: BTreeMap<String, Vec<i32>> =
             [(self.dlq.clone(), dlq_parts.keys().copied().collect())].into();
@@ -394,6 +450,7 @@ impl Run {
                     .collect();
             }
             while pos < stop {
+                self.fence()?;
                 if self.cancel.load(Ordering::SeqCst) {
                     self.progress.state = "Cancelled".into();
                     return Ok(());
@@ -436,6 +493,7 @@ impl Run {
                         self.progress.failed_offsets.push(format!("{p}:{o}"));
                     }
                 }
+                self.fence()?;
                 records::commit(
                     &self.cluster,
                     coordinator,
@@ -658,6 +716,7 @@ impl Run {
     ) -> Result<Produced, Stop> {
         let mut failures = 0;
         loop {
+            self.fence()?;
             let leader = self.leader(topic, tp)?;
             let Some(producer) = self.producer.as_mut() else {
                 return Err(Stop::Interrupted("no producer".into()));

@@ -867,7 +867,7 @@ impl Extras {
                             ),
                         )
                     }
-                    Err(kube::Error::Api(s)) if s.code == 409 => (
+                    Err(crate::error::Error::Kube(kube::Error::Api(s))) if s.code == 409 => (
                         st,
                         CondUpdate::new(
                             PREFETCH,

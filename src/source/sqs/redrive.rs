@@ -45,6 +45,7 @@ use super::model;
 use super::{Conn, send};
 use crate::api::{ScaledConsumer, SqsRedrive, SqsRedriveJournal, SqsRedriveMode, SqsRedriveStatus};
 use crate::kubeio::KubeIo;
+use crate::leader::Guard;
 use crate::source::SourceError;
 use crate::source::jobs::{self, CancelFlag, FINISHED, INTERRUPTED, Jobs, Step};
 use crate::status;
@@ -100,7 +101,7 @@ pub(crate) fn supervise(jobs: &Redrives, s: Supervise<'_>) {
     let recorded = s
         .prev
         .map(|p| (p.request_id.as_str(), p.state == "Running"));
-    let start = |resumed: bool, cancel: CancelFlag| {
+    let start = |resumed: bool, cancel: CancelFlag, guard: Guard| {
         let resume = if resumed { s.prev.cloned() } else { None };
         let mode = match (&resume, s.request.mode) {
             (Some(p), _) if p.mode == "Client" => SqsRedriveMode::Client,
@@ -123,6 +124,7 @@ pub(crate) fn supervise(jobs: &Redrives, s: Supervise<'_>) {
             dlq_name,
             fifo: s.dlq.fifo,
             cancel,
+            guard,
             progress: resume.clone().unwrap_or_else(|| SqsRedriveStatus {
                 request_id: s.request.request_id.clone(),
                 mode: mode_name(mode).to_string(),
@@ -139,6 +141,7 @@ pub(crate) fn supervise(jobs: &Redrives, s: Supervise<'_>) {
         &s.request.request_id,
         s.request.cancel,
         recorded,
+        &s.kube.guard(),
         start,
     );
 }
@@ -157,6 +160,9 @@ enum Stop {
     Fail(String),
     /// Transient: the status stays `Running` and a later tick resumes.
     Interrupted(String),
+    /// This replica no longer leads in the term the run started in: stop at once, write
+    /// nothing; the leader resumes from the recorded progress.
+    LostLeadership,
 }
 
 /// One redrive run.
@@ -173,6 +179,8 @@ struct Run {
     dlq_name: String,
     fifo: bool,
     cancel: CancelFlag,
+    /// The right to act this run started with; checked before every SQS call and write.
+    guard: Guard,
     progress: SqsRedriveStatus,
 }
 
@@ -289,7 +297,34 @@ pub fn task_state(status: &str, failure: Option<&str>) -> TaskState {
 
 impl Run {
     /// Returns the final job state (FINISHED or INTERRUPTED).
-    async fn run(mut self, mode: SqsRedriveMode, resumed: bool) -> u8 {
+    async fn run(mut self, mut mode: SqsRedriveMode, mut resumed: bool) -> u8 {
+        // The watch cache this run was planned from may be behind (a new leader's cache
+        // lags; a replica that was stalled has an old one): decide on the record as the API
+        // server has it, so progress another leader recorded is never reset or overwritten.
+        let recorded = match self.kube.current(&self.sc).await {
+            Ok(sc) => sc.status.and_then(|s| s.sqs).and_then(|s| s.redrive),
+            Err(e) => {
+                tracing::warn!(error = %e, "redrive: cannot read the recorded progress; will retry");
+                return INTERRUPTED;
+            }
+        };
+        match recorded {
+            Some(r) if r.request_id == self.request_id && r.state == "Running" => {
+                mode = if r.mode == "Client" {
+                    SqsRedriveMode::Client
+                } else {
+                    SqsRedriveMode::Aws
+                };
+                self.progress = r;
+                resumed = true;
+            }
+            // Already ended: nothing to do.
+            Some(r) if r.request_id == self.request_id => return FINISHED,
+            // Planned as a resume, but the record no longer shows this run: a later tick
+            // decides again.
+            _ if resumed => return INTERRUPTED,
+            _ => {}
+        }
         if resumed {
             self.event(
                 false,
@@ -324,6 +359,10 @@ impl Run {
         };
         match result {
             Ok(()) => {}
+            Err(Stop::LostLeadership) => {
+                tracing::info!(request = %self.request_id, "redrive stopped: this replica no longer leads; the leader resumes it from the recorded progress");
+                return INTERRUPTED;
+            }
             Err(Stop::Interrupted(why)) => {
                 tracing::warn!(request = %self.request_id, reason = %why, "redrive interrupted; a later tick resumes it");
                 let _ = self.checkpoint().await;
@@ -369,21 +408,37 @@ impl Run {
 
     async fn event(&self, warning: bool, reason: &str, note: String) {
         self.kube
-            .event(&self.sc, warning, reason, "Redrive", note)
+            .job_event(&self.guard, &self.sc, warning, reason, "Redrive", note)
             .await;
     }
 
     /// Write the progress to `status.sqs.redrive`.
     async fn checkpoint(&self) -> crate::error::Result<()> {
         self.kube
-            .merge_status(&self.sc, FIELD_MANAGER, redrive_patch(&self.progress))
+            .merge_status(
+                &self.guard,
+                &self.sc,
+                FIELD_MANAGER,
+                redrive_patch(&self.progress),
+            )
             .await
     }
 
     async fn checkpoint_or_stop(&self) -> Result<(), Stop> {
-        self.checkpoint()
-            .await
-            .map_err(|e| Stop::Interrupted(format!("cannot record progress: {e}")))
+        match self.checkpoint().await {
+            Ok(()) => Ok(()),
+            Err(crate::error::Error::NotLeader) => Err(Stop::LostLeadership),
+            Err(e) => Err(Stop::Interrupted(format!("cannot record progress: {e}"))),
+        }
+    }
+
+    /// Go on only while this run's right to act holds (checked before every SQS call).
+    fn fence(&self) -> Result<(), Stop> {
+        if self.guard.holds() {
+            Ok(())
+        } else {
+            Err(Stop::LostLeadership)
+        }
     }
 
     // ------------------------------------------------------------------ Aws mode
@@ -392,6 +447,7 @@ impl Run {
         let handle = match self.progress.task_handle.clone() {
             Some(h) => h,
             None => {
+                self.fence()?;
                 let mut req = self
                     .conn
                     .client
@@ -432,6 +488,7 @@ impl Run {
         let mut cancel_sent = false;
         let mut failures = 0;
         loop {
+            self.fence()?;
             if self.cancel.load(Ordering::SeqCst) && !cancel_sent {
                 match send!(
                     self.conn,
@@ -649,6 +706,7 @@ impl Run {
     async fn receive(&self) -> Result<Vec<Msg>, Stop> {
         let mut failures = 0;
         loop {
+            self.fence()?;
             let res = send!(
                 self.conn,
                 self.conn
@@ -682,6 +740,7 @@ impl Run {
     }
 
     async fn dlq_depth(&self) -> Result<(i64, i64), Stop> {
+        self.fence()?;
         let reading = self
             .conn
             .read(&self.dlq_url, &self.dlq_name)
@@ -696,6 +755,7 @@ impl Run {
         let source = self.source_name();
         let mut failures = 0;
         loop {
+            self.fence()?;
             let entries: Vec<SendMessageBatchRequestEntry> = batch
                 .iter()
                 .zip(&planned)
@@ -749,6 +809,9 @@ impl Run {
     }
 
     async fn send_one(&self, m: &Msg, p: &Planned, source: &str) -> Sent {
+        if !self.guard.holds() {
+            return Sent::Retry("this replica no longer leads".to_string());
+        }
         let mut req = self
             .conn
             .client
@@ -785,6 +848,7 @@ impl Run {
             .collect();
         let mut failures = 0;
         loop {
+            self.fence()?;
             let res = send!(
                 self.conn,
                 self.conn
@@ -854,6 +918,9 @@ impl Run {
             .collect();
         if entries.is_empty() {
             return true;
+        }
+        if !self.guard.holds() {
+            return false;
         }
         send!(
             self.conn,
