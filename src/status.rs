@@ -10,13 +10,16 @@ pub const READY: &str = "Ready";
 pub const SOURCE_REACHABLE: &str = "SourceReachable";
 pub const SCALING_LIMITED: &str = "ScalingLimited";
 
-/// A condition before its transition time is known.
+/// A condition before its transition time is known, or (with `remove`) the removal of a
+/// condition that no longer applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CondUpdate {
     pub type_: &'static str,
     pub status: bool,
     pub reason: String,
     pub message: String,
+    /// Drop the condition of this type instead (see [`CondUpdate::removed`]).
+    pub remove: bool,
 }
 
 impl CondUpdate {
@@ -31,12 +34,25 @@ impl CondUpdate {
             status,
             reason: reason.to_string(),
             message: message.into(),
+            remove: false,
+        }
+    }
+
+    /// The condition of this type no longer applies: [`merge_conditions`] drops it.
+    pub fn removed(type_: &'static str) -> Self {
+        Self {
+            type_,
+            status: false,
+            reason: String::new(),
+            message: String::new(),
+            remove: true,
         }
     }
 }
 
 /// Merge `updates` into `previous`: a condition whose status is unchanged keeps its
-/// `lastTransitionTime`; conditions not updated are kept as they were.
+/// `lastTransitionTime`; conditions not updated are kept as they were; a
+/// [`CondUpdate::removed`] drops its type.
 pub fn merge_conditions(
     previous: &[Condition],
     updates: &[CondUpdate],
@@ -45,6 +61,10 @@ pub fn merge_conditions(
 ) -> Vec<Condition> {
     let mut out: Vec<Condition> = previous.to_vec();
     for u in updates {
+        if u.remove {
+            out.retain(|c| c.type_ != u.type_);
+            continue;
+        }
         let status = if u.status { "True" } else { "False" }.to_string();
         let existing = out.iter_mut().find(|c| c.type_ == u.type_);
         match existing {
@@ -159,6 +179,27 @@ mod tests {
         );
         let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, vec![READY, SOURCE_REACHABLE, SCALING_LIMITED]);
+    }
+
+    #[test]
+    fn a_removed_condition_is_dropped_and_others_kept() {
+        let first = merge_conditions(
+            &[],
+            &[
+                CondUpdate::new(READY, true, "Ok", ""),
+                CondUpdate::new("Redrive", false, "NoDeadLetter", "refused"),
+            ],
+            None,
+            ts(0),
+        );
+        let second = merge_conditions(&first, &[CondUpdate::removed("Redrive")], None, ts(5));
+        let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, vec![READY]);
+        // Removing what is not there changes nothing.
+        assert_eq!(
+            merge_conditions(&second, &[CondUpdate::removed("Redrive")], None, ts(9)),
+            second
+        );
     }
 
     #[test]
