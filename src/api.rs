@@ -188,9 +188,19 @@ pub struct RabbitMqSource {
     pub dead_letter: Option<DeadLetterSpec>,
 }
 
-/// Annotation that triggers a redrive like `deadLetter.redrive.requestId` does (the spec
-/// field wins when both are set).
+/// Annotation that triggers a redrive like `deadLetter.redrive.requestId` does, on every
+/// broker (the spec field wins when both are set). The value follows the same rule as
+/// `requestId` ([`REQUEST_ID_PATTERN`]).
 pub const REDRIVE_ANNOTATION: &str = "nerite.dev/redrive-request";
+
+/// Annotation that cancels the redrive of the request id it names, whether the annotation or
+/// `deadLetter.redrive.requestId` started it.
+pub const REDRIVE_CANCEL_ANNOTATION: &str = "nerite.dev/redrive-cancel";
+
+/// What a redrive `requestId` (and the annotations' values) must match, 1–63 characters.
+pub const REQUEST_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]*$";
+/// Longest redrive `requestId`.
+pub const REQUEST_ID_MAX: usize = 63;
 
 /// How nerite treats the consumers' prefetch.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -307,7 +317,8 @@ pub struct DeadLetterSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RedriveSpec {
     /// Each new value starts exactly one redrive of the DLQ's current content (never two
-    /// for the same value). Any string: a date, a ticket number, a counter.
+    /// for the same value): a date, a ticket number, a counter. 1–63 characters: letters,
+    /// digits, `.`, `_`, `-`, starting with a letter or digit.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -324,6 +335,11 @@ pub struct RedriveSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_messages_per_second: Option<i32>,
+    /// Stop the redrive of this `requestId`: its shovel is removed (a rate-limited batch in
+    /// progress may finish first) and `moved` reports what left the dead-letter queue.
+    /// Messages already moved stay moved.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cancel: bool,
 }
 
 fn default_vhost() -> String {
@@ -468,7 +484,8 @@ pub struct ScaledConsumerStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `SourceReachable`, `ScalingLimited`.
+    /// `Ready`, `SourceReachable`, `ScalingLimited`; with the features in use also
+    /// `DeadLetterReady`, `Redrive`, `Prefetch` and `PartitionGrowth`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -568,35 +585,142 @@ pub struct DeadLetterStatus {
     pub message: Option<String>,
 }
 
-/// Progress and result of the last redrive request.
+/// Phase of a redrive, the same on every broker.
+///
+/// Statuses written by earlier versions are read with their old names mapped: `Starting` →
+/// `Pending`, `Completed` → `Succeeded`, `Interrupted` → `Failed`.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RedrivePhase {
+    /// Recorded; nothing moved yet.
+    #[default]
+    Pending,
+    /// Messages are moving.
+    Running,
+    /// Ended: everything the request covered was moved (see `message` for what was left).
+    Succeeded,
+    /// Ended early; `reason` and `message` say why. Unmoved messages stay dead-lettered.
+    Failed,
+    /// Stopped by `cancel` or the `nerite.dev/redrive-cancel` annotation.
+    Cancelled,
+}
+
+impl RedrivePhase {
+    pub const ALL: [RedrivePhase; 5] = [
+        RedrivePhase::Pending,
+        RedrivePhase::Running,
+        RedrivePhase::Succeeded,
+        RedrivePhase::Failed,
+        RedrivePhase::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedrivePhase::Pending => "Pending",
+            RedrivePhase::Running => "Running",
+            RedrivePhase::Succeeded => "Succeeded",
+            RedrivePhase::Failed => "Failed",
+            RedrivePhase::Cancelled => "Cancelled",
+        }
+    }
+
+    /// Pending or Running: the request is not finished (a restart resumes or follows it).
+    pub fn is_active(self) -> bool {
+        matches!(self, RedrivePhase::Pending | RedrivePhase::Running)
+    }
+
+    /// A recorded phase, including the names earlier versions wrote. Anything unknown reads
+    /// as `Failed`: a finished request is never started again by mistake.
+    pub fn from_recorded(s: &str) -> RedrivePhase {
+        match s {
+            "Pending" | "Starting" => RedrivePhase::Pending,
+            "Running" => RedrivePhase::Running,
+            "Succeeded" | "Completed" => RedrivePhase::Succeeded,
+            "Cancelled" => RedrivePhase::Cancelled,
+            _ => RedrivePhase::Failed,
+        }
+    }
+
+    /// A status without a phase (an older status whose `state` the API server pruned): read
+    /// as finished, so it is never resumed or run twice.
+    fn missing() -> RedrivePhase {
+        RedrivePhase::Failed
+    }
+}
+
+impl std::fmt::Display for RedrivePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RedrivePhase {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(RedrivePhase::from_recorded(&s))
+    }
+}
+
+/// What every broker's redrive status has, flattened into `status.rabbitmq.redrive`,
+/// `status.sqs.redrive` and `status.kafka.redrive` (broker-specific fields sit beside it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveProgress {
+    /// The request this describes (`deadLetter.redrive.requestId` or the
+    /// `nerite.dev/redrive-request` annotation).
+    pub request_id: String,
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Cancelled`. (A status from an older
+    /// version without one reads as `Failed`: never resumed, never run twice.)
+    #[serde(default = "RedrivePhase::missing", alias = "state")]
+    pub phase: RedrivePhase,
+    /// When it was recorded (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Messages (Kafka: records) moved back so far.
+    #[serde(default)]
+    pub moved: i64,
+    /// One line on the outcome or the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Failed`: why, in CamelCase (the `Redrive` condition's reason), e.g.
+    /// `ShovelPluginMissing`, `RedriveInterrupted`, `QueueNotFound`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl RedriveProgress {
+    /// A request just recorded: `Pending`, started now.
+    pub fn pending(request_id: &str, now: &str) -> RedriveProgress {
+        RedriveProgress {
+            request_id: request_id.to_owned(),
+            phase: RedrivePhase::Pending,
+            started_at: Some(now.to_owned()),
+            ..RedriveProgress::default()
+        }
+    }
+}
+
+/// Progress and result of the last redrive request (RabbitMQ).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedriveStatus {
-    /// The request this describes.
-    pub request_id: String,
-    /// `Starting`, `Running`, `Succeeded`, `Failed` or `Interrupted`.
-    pub phase: String,
-    /// Name of the dynamic shovel doing the move.
+    #[serde(flatten)]
+    pub progress: RedriveProgress,
+    /// Name of the dynamic shovel doing the move (absent when none runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shovel: Option<String>,
-    /// RFC 3339.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// RFC 3339.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
+    /// The shovel in `shovel` is recorded but its creation not yet confirmed: a restart that
+    /// finds no such shovel cannot tell whether it ran, and ends the request `Failed`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub creating: bool,
     /// Messages in the DLQ when the request started (what the shovel moves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_depth_at_start: Option<i64>,
-    /// Messages moved back to the source queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moved: Option<i64>,
     /// Messages left in the DLQ when the request ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_depth_at_end: Option<i64>,
-    /// One line about the result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
     /// Rate-limited redrive: the number of the current (or last) batch, from 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<i64>,
@@ -745,7 +869,11 @@ pub struct SqsDeadLetter {
 #[serde(rename_all = "camelCase")]
 pub struct SqsRedrive {
     /// Identifies one redrive. A redrive runs once per id; set a new id to run another.
-    #[schemars(length(min = 1, max = 128))]
+    /// 1–63 characters: letters, digits, `.`, `_`, `-`, starting with a letter or digit.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub request_id: String,
     /// `Aws` (StartMessageMoveTask) or `Client` (receive → send → delete by nerite).
     /// Default: `Aws` on AWS endpoints, `Client` elsewhere. `Aws` falls back to `Client`
@@ -821,21 +949,10 @@ pub struct SqsDeadLetterStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SqsRedriveStatus {
-    /// The `requestId` this redrive answers.
-    pub request_id: String,
+    #[serde(flatten)]
+    pub progress: RedriveProgress,
     /// `Aws` or `Client`: how the messages are being moved.
     pub mode: String,
-    /// `Running`, `Completed`, `Failed` or `Cancelled`.
-    pub state: String,
-    /// When it started (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// When it ended (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    /// Messages moved back to the source.
-    #[serde(default)]
-    pub moved: i64,
     /// Messages that could not be sent (left in the DLQ).
     #[serde(default)]
     pub failed: i64,
@@ -843,9 +960,6 @@ pub struct SqsRedriveStatus {
     /// went through: at most this many duplicates reached the source.
     #[serde(default)]
     pub duplicates: i64,
-    /// One line on the outcome or the current step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
     /// The SQS move task handle (`Aws` mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_handle: Option<String>,
@@ -1043,7 +1157,8 @@ pub struct KafkaDeadLetter {
 pub struct KafkaRedrive {
     /// Each new value copies the records that reached the dead-letter topic since the
     /// previous request (all retained ones for the first) back once, never twice for the
-    /// same value.
+    /// same value. 1–63 characters: letters, digits, `.`, `_`, `-`, starting with a letter
+    /// or digit.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -1053,10 +1168,11 @@ pub struct KafkaRedrive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,249}$"))]
     pub target_topic: Option<String>,
-    /// Most records copied per second. Default: unlimited.
+    /// Most records copied per second (1–1000000; the same field name as on the other
+    /// brokers). Default: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
-    pub max_records_per_second: Option<i32>,
+    pub max_messages_per_second: Option<i32>,
     /// Stop the running redrive of this `requestId` (records already copied stay).
     #[serde(default, skip_serializing_if = "is_false")]
     pub cancel: bool,
@@ -1166,23 +1282,15 @@ pub struct KafkaDeadLetterStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaRedriveStatus {
-    pub request_id: String,
-    /// `Running`, `Completed`, `Failed` or `Cancelled`.
-    pub state: String,
+    #[serde(flatten)]
+    pub progress: RedriveProgress,
     /// The topic records are copied to.
     pub target_topic: String,
     /// The consumer group (owned by nerite) holding the progress.
     pub group: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
     /// Records in the dead-letter topic when the request started (what is copied).
     #[serde(default)]
     pub to_copy: i64,
-    /// Records copied to the target topic.
-    #[serde(default)]
-    pub moved: i64,
     /// Records the target refused (they stay in the dead-letter topic; offsets listed in
     /// `failedOffsets`).
     #[serde(default)]
@@ -1194,9 +1302,6 @@ pub struct KafkaRedriveStatus {
     /// Records found already copied after an interruption, and skipped.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub skipped_already_copied: i64,
-    /// One line on the outcome or the current step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
     /// Per dead-letter partition, where this request starts: the previous request's stop
     /// offset (records redriven before are not copied again), else the log start.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -81,7 +81,7 @@ pub struct ValidKafkaDeadLetter {
 pub struct ValidKafkaRedrive {
     pub request_id: String,
     pub target_topic: String,
-    pub max_records_per_second: Option<u32>,
+    pub max_messages_per_second: Option<u32>,
     pub cancel: bool,
 }
 
@@ -459,6 +459,13 @@ impl Problems {
         }
     }
 
+    /// A redrive request id: the rule every broker and the annotations share.
+    fn request_id(&mut self, field: &str, id: &str) {
+        if let Some(problem) = crate::source::vocab::request_id_problem(id) {
+            self.add(format!("{field} ({}) {problem}", quote(id)));
+        }
+    }
+
     fn non_empty(&mut self, field: &str, value: &str, max_len: Option<usize>) {
         if value.is_empty() {
             self.add(format!("{field} must not be empty"));
@@ -700,11 +707,7 @@ fn check_kafka(k: &crate::api::KafkaSource, p: &mut Problems) -> Option<ValidKaf
             ));
         }
         let redrive = d.redrive.as_ref().and_then(|r| {
-            p.non_empty(
-                &format!("{F}.deadLetter.redrive.requestId"),
-                &r.request_id,
-                Some(63),
-            );
+            p.request_id(&format!("{F}.deadLetter.redrive.requestId"), &r.request_id);
             let target = match (&r.target_topic, topics.as_slice()) {
                 (Some(t), _) => Some(t.clone()),
                 (None, [one]) => Some(one.clone()),
@@ -727,12 +730,12 @@ fn check_kafka(k: &crate::api::KafkaSource, p: &mut Problems) -> Option<ValidKaf
                     ));
                 }
             }
-            let rate = match r.max_records_per_second {
+            let rate = match r.max_messages_per_second {
                 None => None,
-                Some(n) if n >= 1 => Some(n.unsigned_abs()),
+                Some(n) if (1..=1_000_000).contains(&n) => Some(n.unsigned_abs()),
                 Some(n) => {
                     p.add(format!(
-                        "{F}.deadLetter.redrive.maxRecordsPerSecond ({n}) must be at least 1"
+                        "{F}.deadLetter.redrive.maxMessagesPerSecond ({n}) must be between 1 and 1000000"
                     ));
                     None
                 }
@@ -740,7 +743,7 @@ fn check_kafka(k: &crate::api::KafkaSource, p: &mut Problems) -> Option<ValidKaf
             target.map(|target_topic| ValidKafkaRedrive {
                 request_id: r.request_id.clone(),
                 target_topic,
-                max_records_per_second: rate,
+                max_messages_per_second: rate,
                 cancel: r.cancel,
             })
         });
@@ -895,18 +898,7 @@ fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLe
     let mut max_per_second = None;
     let redrive_request = spec.redrive.as_ref().map(|rd| {
         let id = &rd.request_id;
-        let ok = !id.is_empty()
-            && id.len() <= 63
-            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            p.add(format!(
-                "{F}.redrive.requestId ({}) must be 1-63 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
-                quote(id)
-            ));
-        }
+        p.request_id(&format!("{F}.redrive.requestId"), id);
         if let Some(n) = rd.max_in_flight {
             match u16::try_from(n) {
                 Ok(n) if n >= 1 => max_in_flight = n,
@@ -931,6 +923,7 @@ fn check_dead_letter(r: &RabbitMqSource, p: &mut Problems) -> Option<ValidDeadLe
         routing_key,
         max_deliveries,
         redrive_request,
+        redrive_cancel: spec.redrive.as_ref().is_some_and(|rd| rd.cancel),
         max_in_flight,
         max_per_second,
     })
@@ -1071,11 +1064,7 @@ fn check_sqs(q: &SqsSource, p: &mut Problems) {
         ));
     }
     if let Some(r) = &dl.redrive {
-        p.non_empty(
-            &format!("{F}.deadLetter.redrive.requestId"),
-            &r.request_id,
-            Some(128),
-        );
+        p.request_id(&format!("{F}.deadLetter.redrive.requestId"), &r.request_id);
         if let Some(rate) = r.max_messages_per_second
             && !(1..=500).contains(&rate)
         {
@@ -2033,6 +2022,75 @@ mod tests {
         ] {
             assert!(p.contains(field), "{field} missing in {p}");
         }
+    }
+
+    #[test]
+    fn redrive_request_ids_follow_one_rule_on_every_broker() {
+        let sqs = with(
+            base(),
+            "/source",
+            json!({"sqs": {
+                "queueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/orders",
+                "region": "eu-west-1",
+                "deadLetter": {"queue": "orders-dlq", "maxReceiveCount": 5}
+            }}),
+        );
+        let cases = [
+            (
+                base(),
+                "/source/rabbitmq/deadLetter/redrive",
+                "spec.source.rabbitmq.deadLetter",
+            ),
+            (
+                sqs,
+                "/source/sqs/deadLetter/redrive",
+                "spec.source.sqs.deadLetter",
+            ),
+            (
+                with(
+                    kafka_base(),
+                    "/source/kafka/deadLetter",
+                    json!({"topic": "dlq"}),
+                ),
+                "/source/kafka/deadLetter/redrive",
+                "spec.source.kafka.deadLetter",
+            ),
+        ];
+        for (v, ptr, field) in cases {
+            for bad in ["-r1", "has space", &"x".repeat(64)] {
+                let p = one_problem(with(v.clone(), ptr, json!({"requestId": bad})));
+                assert!(
+                    p.starts_with(&format!("{field}.redrive.requestId (")) && p.contains("1-63"),
+                    "{field} {bad}: {p}"
+                );
+            }
+            for ok in ["r1", "2024-06-01.retry_2", &"x".repeat(63)] {
+                let v = with(v.clone(), ptr, json!({"requestId": ok, "cancel": true}));
+                validate(&spec(v)).unwrap_or_else(|e| panic!("{field} {ok}: {e}"));
+            }
+        }
+        // RabbitMQ carries `cancel` through.
+        let v = with(
+            base(),
+            "/source/rabbitmq/deadLetter/redrive",
+            json!({"requestId": "r1", "cancel": true}),
+        );
+        let ValidSource::RabbitMq { dead_letter, .. } = validate(&spec(v)).expect("valid").source
+        else {
+            panic!("a RabbitMQ source")
+        };
+        let dl = dead_letter.expect("deadLetter");
+        assert_eq!(
+            (dl.redrive_request.as_deref(), dl.redrive_cancel),
+            (Some("r1"), true)
+        );
+        // Kafka's rate has the common name and its own range.
+        let v = with(
+            kafka_base(),
+            "/source/kafka/deadLetter",
+            json!({"topic": "dlq", "redrive": {"requestId": "r1", "maxMessagesPerSecond": 0}}),
+        );
+        assert!(one_problem(v).contains("maxMessagesPerSecond (0) must be between 1 and 1000000"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{KafkaRedriveStatus, KafkaStatus, ScaledConsumerStatus};
+use nerite::api::{KafkaRedriveStatus, KafkaStatus, RedrivePhase, ScaledConsumerStatus};
 use nerite_testkit::ops::OperatorProcess;
 use serde_json::{Value, json};
 
@@ -571,7 +571,7 @@ async fn redrive_done(
         || async {
             Ok(redrive_status(cluster, ns, name)
                 .await?
-                .filter(|r| r.request_id == request && r.state != "Running"))
+                .filter(|r| r.progress.request_id == request && !r.progress.phase.is_active()))
         },
     )
     .await
@@ -684,8 +684,13 @@ async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
     let _op = cluster.start_operator_writing_every_poll(ns);
     let r = redrive_done(&cluster, ns, "retry", "r1", Duration::from_secs(180)).await?;
     let took = started.elapsed();
-    if (r.state.as_str(), r.moved, r.to_copy, r.failed, r.duplicates)
-        != ("Completed", 1000, 1000, 0, 0)
+    if (
+        r.progress.phase,
+        r.progress.moved,
+        r.to_copy,
+        r.failed,
+        r.duplicates,
+    ) != (RedrivePhase::Succeeded, 1000, 1000, 0, 0)
     {
         return Err(format!("unexpected outcome: {r:?}"));
     }
@@ -768,7 +773,7 @@ async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
     .await?;
     let r2 = redrive_done(&cluster, ns, "retry", "r2", Duration::from_secs(120)).await?;
     let after = records_of(&kafka, "retry").await?;
-    if (r2.state.as_str(), r2.moved, after.len()) != ("Completed", 5, 1005) {
+    if (r2.progress.phase, r2.progress.moved, after.len()) != (RedrivePhase::Succeeded, 5, 1005) {
         return Err(format!("r2: {r2:?}, {} records on the target", after.len()));
     }
     println!("  r1 did not run again after a spec change; r2 copied only the 5 new records");
@@ -810,7 +815,7 @@ async fn kill_mid_redrive(
                     "kill",
                     "kill.dlq",
                     "kill-workers",
-                    json!({"requestId": "k1", "maxRecordsPerSecond": 100}),
+                    json!({"requestId": "k1", "maxMessagesPerSecond": 100}),
                 ),
                 100,
             ),
@@ -833,7 +838,7 @@ async fn kill_mid_redrive(
         || async {
             Ok(redrive_status(&cluster, ns, "kill")
                 .await?
-                .filter(|r| r.moved >= 200 && r.journal.is_some()))
+                .filter(|r| r.progress.moved >= 200 && r.journal.is_some()))
         },
     )
     .await;
@@ -851,7 +856,7 @@ async fn kill_mid_redrive(
     let on_target = records_of(&kafka, "kill").await?.len();
     println!(
         "  killed the operator (SIGKILL) at {} copied ({} on the target, journal {:?})",
-        at_kill.moved,
+        at_kill.progress.moved,
         on_target,
         at_kill
             .journal
@@ -868,13 +873,13 @@ async fn kill_mid_redrive(
     let (n, dups) = check_copies(&dlq, &target, "k-")?;
     println!(
         "  after restart: {} — moved {}, reported duplicates {}, skipped as already copied {}; on the target {} records, {n} keys, {dups} duplicates, 0 missing",
-        r.state,
-        r.moved,
+        r.progress.phase,
+        r.progress.moved,
         r.duplicates,
         r.skipped_already_copied,
         target.len()
     );
-    if r.state != "Completed" || n != 1000 || r.moved != 1000 {
+    if r.progress.phase != RedrivePhase::Succeeded || n != 1000 || r.progress.moved != 1000 {
         return Err(format!("unexpected outcome {r:?}"));
     }
     if dups as i64 > r.duplicates {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use libtest_mimic::{Failed, Trial};
-use nerite::api::SqsRedriveStatus;
+use nerite::api::{RedrivePhase, SqsRedriveStatus};
 use serde_json::json;
 
 use crate::support::cluster::{Cluster, blocking, eventually};
@@ -114,7 +114,7 @@ struct Samples(Vec<(Instant, i64)>);
 
 impl Samples {
     fn note(&mut self, r: &SqsRedriveStatus) {
-        self.0.push((Instant::now(), r.moved));
+        self.0.push((Instant::now(), r.progress.moved));
     }
 
     /// The first time `moved` went down, if it did.
@@ -242,7 +242,7 @@ async fn frozen_leader(
         &samples,
         "the redrive to move 60 messages",
         Duration::from_secs(90),
-        |r| r.moved >= 60,
+        |r| r.progress.moved >= 60,
     )
     .await?;
     let leader_id = holder(cluster).await?.ok_or("the Lease has no holder")?;
@@ -255,7 +255,7 @@ async fn frozen_leader(
     let frozen = progress(cluster).await?.unwrap_or(before);
     println!(
         "  froze the leader {} (SIGSTOP) at {} moved",
-        leader.identity, frozen.moved
+        leader.identity, frozen.progress.moved
     );
     eventually(
         &format!("{} to take the Lease", standby.identity),
@@ -273,20 +273,20 @@ async fn frozen_leader(
         &samples,
         "the new leader to move 60 more",
         Duration::from_secs(60),
-        |r| r.moved >= frozen.moved + 60,
+        |r| r.progress.moved >= frozen.progress.moved + 60,
     )
     .await?;
     signal(leader, "-CONT")?;
     println!(
         "  {} took over and moved on to {}; resumed {} (SIGCONT)",
-        standby.identity, resumed_by_standby.moved, leader.identity
+        standby.identity, resumed_by_standby.progress.moved, leader.identity
     );
     let done = watch(
         cluster,
         &samples,
         "the redrive to complete",
         Duration::from_secs(180),
-        |r| r.state != "Running",
+        |r| !r.progress.phase.is_active(),
     )
     .await?;
     // The resumed replica noticed it no longer leads and stopped its run.
@@ -317,8 +317,8 @@ async fn frozen_leader(
         .fold(0.0, |a, b| a + b);
     println!(
         "  {}: moved {}, duplicates reported {}; on the source {} copies of {} unique, {missing} missing; DLQ {left:?}; peak rate over 5 s {peak:.1}/s (limit {RATE}); writes dropped by the resumed replica: {dropped}",
-        done.state,
-        done.moved,
+        done.progress.phase,
+        done.progress.moved,
         done.duplicates,
         got.len(),
         unique.len()
@@ -326,16 +326,16 @@ async fn frozen_leader(
     if missing > 0 {
         return Err(format!("{missing} messages never reached the source"));
     }
-    if done.state != "Completed" {
+    if done.progress.phase != RedrivePhase::Succeeded {
         return Err(format!(
             "the redrive ended {}: {:?}",
-            done.state, done.message
+            done.progress.phase, done.progress.message
         ));
     }
-    if usize::try_from(done.moved).ok() != Some(unique.len()) {
+    if usize::try_from(done.progress.moved).ok() != Some(unique.len()) {
         return Err(format!(
             "status says {} moved but {} distinct messages reached the source",
-            done.moved,
+            done.progress.moved,
             unique.len()
         ));
     }

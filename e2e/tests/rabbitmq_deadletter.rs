@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
-use nerite::api::ScaledConsumerStatus;
+use nerite::api::{RedrivePhase, ScaledConsumerStatus};
 use serde_json::{Value, json};
 
 use crate::support::Env;
@@ -173,12 +173,12 @@ async fn classic_and_quorum(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     }
     let _operator = cluster.start_operator(ns);
 
-    let classic = status_where(&cluster, ns, "classic", "classic DeadLettering", |s| {
-        cond_is(s, "DeadLettering", "True", "Configured")
+    let classic = status_where(&cluster, ns, "classic", "classic DeadLetterReady", |s| {
+        cond_is(s, "DeadLetterReady", "True", "Configured")
     })
     .await?;
-    let quorum = status_where(&cluster, ns, "quorum", "quorum DeadLettering", |s| {
-        cond_is(s, "DeadLettering", "True", "Configured")
+    let quorum = status_where(&cluster, ns, "quorum", "quorum DeadLetterReady", |s| {
+        cond_is(s, "DeadLetterReady", "True", "Configured")
     })
     .await?;
     let cdl = classic
@@ -292,9 +292,9 @@ async fn classic_and_quorum(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
         &cluster,
         ns,
         "classic",
-        "DeadLettering condition gone",
+        "DeadLetterReady condition gone",
         |s| {
-            condition(s, "DeadLettering").is_none()
+            condition(s, "DeadLetterReady").is_none()
                 && s.rabbitmq
                     .as_ref()
                     .and_then(|r| r.dead_letter.as_ref())
@@ -354,8 +354,8 @@ async fn classic_gotcha(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let _operator = cluster.start_operator(ns);
-    let s = status_where(&cluster, ns, "gotcha", "DeadLettering", |s| {
-        cond_is(s, "DeadLettering", "True", "Configured")
+    let s = status_where(&cluster, ns, "gotcha", "DeadLetterReady", |s| {
+        cond_is(s, "DeadLetterReady", "True", "Configured")
     })
     .await?;
     let dl = s
@@ -435,8 +435,8 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
         .await
         .map_err(|e| e.to_string())?;
     let mut operator = Some(cluster.start_operator(ns));
-    status_where(&cluster, ns, "sc", "DeadLettering", |s| {
-        cond_is(s, "DeadLettering", "True", "Configured")
+    status_where(&cluster, ns, "sc", "DeadLetterReady", |s| {
+        cond_is(s, "DeadLetterReady", "True", "Configured")
     })
     .await?;
     eventually("policy in force", LONG, || async {
@@ -487,7 +487,7 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
             s.rabbitmq
                 .as_ref()
                 .and_then(|r| r.redrive.as_ref())
-                .is_some_and(|r| r.phase != "Starting")
+                .is_some_and(|r| r.progress.phase != RedrivePhase::Pending)
         })
         .await?;
         if let Some(op) = operator.take() {
@@ -498,7 +498,7 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
             running
                 .rabbitmq
                 .and_then(|r| r.redrive)
-                .map(|r| r.phase)
+                .map(|r| r.progress.phase.to_string())
                 .unwrap_or_default()
         );
         operator = Some(cluster.start_operator_writing_every_poll(ns));
@@ -508,22 +508,23 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
         s.rabbitmq
             .as_ref()
             .and_then(|r| r.redrive.as_ref())
-            .is_some_and(|r| {
-                r.phase == "Succeeded" || r.phase == "Failed" || r.phase == "Interrupted"
-            })
+            .is_some_and(|r| !r.progress.phase.is_active())
     })
     .await?;
     let rd = done
         .rabbitmq
         .and_then(|r| r.redrive)
         .ok_or("no redrive status")?;
-    if rd.phase != "Succeeded" || rd.moved != Some(1000) || rd.request_id != "r1" {
+    if rd.progress.phase != RedrivePhase::Succeeded
+        || rd.progress.moved != 1000
+        || rd.progress.request_id != "r1"
+    {
         return Err(format!("redrive status: {rd:?}"));
     }
     if mode == Mode::Paced {
         // Five batches of 200; batch 5 cannot start before 4 × 200 / 200 s = 4 s.
         let t = |x: &Option<String>| x.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let span = match (t(&rd.started_at), t(&rd.batch_started_at)) {
+        let span = match (t(&rd.progress.started_at), t(&rd.batch_started_at)) {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
             _ => return Err(format!("batch times missing: {rd:?}")),
         };
@@ -538,7 +539,7 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
             ));
         }
     }
-    if rd.started_at.is_none() || rd.finished_at.is_none() {
+    if rd.progress.started_at.is_none() || rd.progress.finished_at.is_none() {
         return Err(format!("start and end must be recorded: {rd:?}"));
     }
     // Every id back on the source queue exactly once; the DLQ empty; the shovel gone.
@@ -604,8 +605,8 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
         .and_then(|r| r.redrive)
         .ok_or("redrive status gone")?;
     let shovels = shovels_from(rabbit, &dlq).await?;
-    if rd2.phase != "Succeeded"
-        || rd2.started_at != rd.started_at
+    if rd2.progress.phase != RedrivePhase::Succeeded
+        || rd2.progress.started_at != rd.progress.started_at
         || !shovels.is_empty()
         || after
             .conditions
@@ -654,10 +655,10 @@ async fn bad_inputs(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _operator = cluster.start_operator(ns);
     let s = status_where(&cluster, ns, "conflict", "DeadLetterQueueConflict", |s| {
-        cond_is(s, "DeadLettering", "False", "DeadLetterQueueConflict")
+        cond_is(s, "DeadLetterReady", "False", "DeadLetterQueueConflict")
     })
     .await?;
-    let msg = condition(&s, "DeadLettering")
+    let msg = condition(&s, "DeadLetterReady")
         .map(|c| c.message.clone())
         .unwrap_or_default();
     if !msg.contains("bad.dlq") || !msg.contains("inequivalent") {
@@ -723,7 +724,7 @@ async fn bad_inputs(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
         .rabbitmq
         .and_then(|r| r.redrive)
         .ok_or("no redrive status")?;
-    if rd.phase != "Failed" || rd.moved != Some(0) {
+    if rd.progress.phase != RedrivePhase::Failed || rd.progress.moved != 0 {
         return Err(format!("redrive status without the plugin: {rd:?}"));
     }
     Ok(())

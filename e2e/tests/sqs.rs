@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{ScaledConsumer, ScaledConsumerStatus, SqsRedriveStatus};
+use nerite::api::{RedrivePhase, ScaledConsumer, ScaledConsumerStatus, SqsRedriveStatus};
 use nerite::source::sqs::model::{QueueArn, RedrivePolicy};
 use serde_json::{Value, json};
 
@@ -170,7 +170,7 @@ async fn completed(
         timeout,
         || async {
             let r = redrive_status(cluster, ns, name).await?;
-            Ok(r.filter(|r| r.request_id == request && r.state != "Running"))
+            Ok(r.filter(|r| r.progress.request_id == request && !r.progress.phase.is_active()))
         },
     )
     .await;
@@ -410,9 +410,9 @@ async fn policy(moto: Arc<Moto>) -> Result<(), String> {
         Ok((p.is_none() && gone).then_some(()))
     })
     .await?;
-    has_event(&cluster, ns, "orders", "RedrivePolicyRemoved")
+    has_event(&cluster, ns, "orders", "DeadLetterPolicyRemoved")
         .await?
-        .ok_or("no RedrivePolicyRemoved event")?;
+        .ok_or("no DeadLetterPolicyRemoved event")?;
     println!("  deadLetter removed: the source has no redrive policy");
     Ok(())
 }
@@ -456,7 +456,9 @@ async fn client_redrive(moto: Arc<Moto>) -> Result<(), String> {
     // so the move takes minutes on a loaded 2-core machine; the deadline leaves room.
     let r = completed(&cluster, ns, "jobs", "r1", Duration::from_secs(600)).await?;
     let took = started.elapsed();
-    if (r.state.as_str(), r.moved, r.failed, r.duplicates) != ("Completed", 1000, 0, 0) {
+    if (r.progress.phase, r.progress.moved, r.failed, r.duplicates)
+        != (RedrivePhase::Succeeded, 1000, 0, 0)
+    {
         return Err(format!("unexpected outcome: {r:?}"));
     }
     let dlq_depth = sqs.depth(&dlq).await?;
@@ -484,9 +486,9 @@ async fn client_redrive(moto: Arc<Moto>) -> Result<(), String> {
         "  1000 moved in {:.1}s (operator start to completion), 1000 unique on the source, attributes kept, DLQ empty",
         took.as_secs_f64()
     );
-    has_event(&cluster, ns, "jobs", "RedriveCompleted")
+    has_event(&cluster, ns, "jobs", "RedriveSucceeded")
         .await?
-        .ok_or("no RedriveCompleted event")?;
+        .ok_or("no RedriveSucceeded event")?;
 
     // The same request id never runs again, whatever else changes.
     sqs.send(&dlq, &bodies("late", 5), None, None, None).await?;
@@ -547,8 +549,8 @@ async fn client_redrive(moto: Arc<Moto>) -> Result<(), String> {
     )
     .await?;
     let r2 = completed(&cluster, ns, "jobs", "r2", Duration::from_secs(60)).await?;
-    if r2.moved != 5 {
-        return Err(format!("r2 moved {} (expected 5)", r2.moved));
+    if r2.progress.moved != 5 {
+        return Err(format!("r2 moved {} (expected 5)", r2.progress.moved));
     }
     println!("  r1 did not run again after a spec change; r2 moved the 5 new messages");
     Ok(())
@@ -591,7 +593,7 @@ async fn fifo_redrive(moto: Arc<Moto>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _op = cluster.start_operator(ns);
     let r = completed(&cluster, ns, "fifo", "f1", Duration::from_secs(60)).await?;
-    if r.moved != 60 || r.failed != 0 {
+    if r.progress.moved != 60 || r.failed != 0 {
         return Err(format!("unexpected outcome: {r:?}"));
     }
     let got = sqs.drain(&src).await?;
@@ -653,7 +655,7 @@ async fn partial_failure(moto: Arc<Moto>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _op = cluster.start_operator(ns);
     let r = completed(&cluster, ns, "small", "p1", Duration::from_secs(60)).await?;
-    if (r.moved, r.failed, r.failed_message_ids.len()) != (30, 5, 5) {
+    if (r.progress.moved, r.failed, r.failed_message_ids.len()) != (30, 5, 5) {
         return Err(format!("unexpected outcome: {r:?}"));
     }
     eventually(
@@ -680,7 +682,8 @@ async fn partial_failure(moto: Arc<Moto>) -> Result<(), String> {
     }
     println!(
         "  30 moved, 5 refused by the source stay in the DLQ ({})",
-        r.message
+        r.progress
+            .message
             .unwrap_or_default()
             .chars()
             .take(120)
@@ -777,7 +780,7 @@ async fn kill_mid_redrive(
         OperatorProcess::start(&binary, &kubeconfig, ns, &dir.path().join("first.log"))?;
     let at_kill = eventually("100 moved", Duration::from_secs(90), || async {
         let r = redrive_status(&cluster, ns, "kill").await?;
-        Ok(r.filter(|r| r.moved >= 100))
+        Ok(r.filter(|r| r.progress.moved >= 100))
     })
     .await;
     let at_kill = match at_kill {
@@ -798,11 +801,11 @@ async fn kill_mid_redrive(
         .unwrap_or(at_kill);
     println!(
         "  status at the kill: moved {}, journal {:?}",
-        at_kill.moved, at_kill.journal
+        at_kill.progress.moved, at_kill.journal
     );
     println!(
         "  killed the operator (SIGKILL) at {} moved; DLQ visible/in flight {:?}",
-        at_kill.moved,
+        at_kill.progress.moved,
         (dlq_at_kill.0, dlq_at_kill.1)
     );
     let _second = OperatorProcess::start(&binary, &kubeconfig, ns, &dir.path().join("second.log"))?;
@@ -814,9 +817,9 @@ async fn kill_mid_redrive(
     let missing = want.difference(&unique).count();
     let duplicates = got.len() - unique.len();
     println!(
-        "  after restart: state {}, moved {}, reported possible duplicates {}, copies on the source {} ({} unique, {} duplicates, {} missing)",
-        r.state,
-        r.moved,
+        "  after restart: phase {}, moved {}, reported possible duplicates {}, copies on the source {} ({} unique, {} duplicates, {} missing)",
+        r.progress.phase,
+        r.progress.moved,
         r.duplicates,
         got.len(),
         unique.len(),
@@ -834,8 +837,8 @@ async fn kill_mid_redrive(
     if dlq_depth != (0, 0, 0) {
         return Err(format!("DLQ not empty: {dlq_depth:?}"));
     }
-    if r.state != "Completed" {
-        return Err(format!("redrive ended {}", r.state));
+    if r.progress.phase != RedrivePhase::Succeeded {
+        return Err(format!("redrive ended {}", r.progress.phase));
     }
     if i64::try_from(duplicates).unwrap_or(i64::MAX) > r.duplicates {
         return Err(format!(
@@ -872,7 +875,9 @@ async fn aws_fallback(moto: Arc<Moto>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _op = cluster.start_operator(ns);
     let r = completed(&cluster, ns, "aws", "a1", Duration::from_secs(60)).await?;
-    if (r.state.as_str(), r.mode.as_str(), r.moved) != ("Completed", "Client", 20) {
+    if (r.progress.phase, r.mode.as_str(), r.progress.moved)
+        != (RedrivePhase::Succeeded, "Client", 20)
+    {
         return Err(format!("unexpected outcome: {r:?}"));
     }
     let note = has_event(&cluster, ns, "aws", "RedriveFallback")
@@ -1023,7 +1028,8 @@ async fn aws_move_task(moto: Arc<Moto>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _op = cluster.start_operator(ns);
     let r = completed(&cluster, ns, "mover", "t1", Duration::from_secs(60)).await?;
-    if (r.state.as_str(), r.mode.as_str(), r.moved) != ("Completed", "Aws", 50) {
+    if (r.progress.phase, r.mode.as_str(), r.progress.moved) != (RedrivePhase::Succeeded, "Aws", 50)
+    {
         return Err(format!("unexpected outcome: {r:?}"));
     }
     let tasks = double.tasks();
@@ -1060,7 +1066,10 @@ async fn aws_move_task(moto: Arc<Moto>) -> Result<(), String> {
         .await?;
     eventually("task t2 moving", Duration::from_secs(60), || async {
         let r = redrive_status(&cluster, ns, "mover").await?;
-        Ok(r.filter(|r| r.request_id == "t2" && r.moved > 0).map(drop))
+        Ok(
+            r.filter(|r| r.progress.request_id == "t2" && r.progress.moved > 0)
+                .map(drop),
+        )
     })
     .await?;
     cluster
@@ -1077,12 +1086,16 @@ async fn aws_move_task(moto: Arc<Moto>) -> Result<(), String> {
     let (v_dlq, f_dlq, _) = sqs.depth(&dlq).await?;
     println!(
         "  cancelled: {} moved of 200, task {}; source {} + DLQ {} messages",
-        r.moved,
+        r.progress.moved,
         t2.status,
         v_src + f_src,
         v_dlq + f_dlq
     );
-    if r.state != "Cancelled" || t2.status != "CANCELLED" || r.moved >= 200 || r.moved <= 0 {
+    if r.progress.phase != RedrivePhase::Cancelled
+        || t2.status != "CANCELLED"
+        || r.progress.moved >= 200
+        || r.progress.moved <= 0
+    {
         return Err(format!("cancel: {r:?} {t2:?}"));
     }
     if v_src + f_src + v_dlq + f_dlq != 200 {

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod rabbitmq;
 pub mod sqs;
+pub mod vocab;
 
 use std::fmt;
 use std::future::Future;

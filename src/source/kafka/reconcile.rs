@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use kube::ResourceExt;
 
 use super::growth::{self, PARTITION_GROWTH};
 use super::model::{DEFAULT_GROWTH_DRAIN, GrowthInput};
@@ -17,11 +18,9 @@ use crate::api::{
 use crate::error::Result;
 use crate::kubeio::KubeIo;
 use crate::policy::{Decision, PolicyConfig};
+use crate::source::vocab::{self, DEAD_LETTER_READY, REDRIVE};
 use crate::status::CondUpdate;
 use crate::validate::ValidKafka;
-
-/// Condition type of the dead-letter topic.
-pub const DEAD_LETTER_READY: &str = "DeadLetterReady";
 /// Partitions listed in `status.kafka.perPartition` at most.
 pub const MAX_LISTED_PARTITIONS: usize = 64;
 
@@ -142,11 +141,11 @@ impl KafkaApi {
         };
         // The redrive needs only the cluster: it runs (and resumes) even while the group
         // cannot be read.
-        self.supervise_redrive(&a, target);
+        let redrive = self.supervise_redrive(&a, target, &prev).await;
         let Some(reading) = a.reading else {
             return TickOutcome {
                 status: Some(status_for_apply(prev)),
-                conditions: Vec::new(),
+                conditions: redrive.into_iter().collect(),
             };
         };
         let s = &reading.summary;
@@ -177,7 +176,7 @@ impl KafkaApi {
             dead_letter: None,
             redrive: None,
         };
-        let mut conditions = Vec::new();
+        let mut conditions: Vec<CondUpdate> = redrive.into_iter().collect();
 
         // Partition growth (recommend without opt-in).
         let now = Timestamp::now();
@@ -274,28 +273,99 @@ impl KafkaApi {
 }
 
 impl KafkaApi {
-    /// Start, resume or leave the requested redrive of the dead-letter topic.
-    fn supervise_redrive(&self, a: &After<'_>, target: &KafkaTarget) {
-        let Some(d) = &a.spec.dead_letter else {
-            return;
-        };
-        let Some(r) = &d.redrive else {
-            return;
-        };
-        super::redrive::supervise(
-            &self.redrives,
-            super::redrive::Request {
-                sc: a.sc,
-                key: a.key,
-                kube: a.kube,
-                settings: &target.settings,
-                dead_letter_topic: &d.topic,
-                target_topic: &r.target_topic,
-                request_id: &r.request_id,
-                rate: r.max_records_per_second,
-                cancel: r.cancel,
-            },
+    /// Start, resume or leave the redrive in force (`deadLetter.redrive`, the
+    /// `nerite.dev/redrive-request` annotation, or a recorded one still running); returns the
+    /// `Redrive` condition (a refusal gets a Warning Event when it first appears).
+    async fn supervise_redrive(
+        &self,
+        a: &After<'_>,
+        target: &KafkaTarget,
+        prev: &KafkaStatus,
+    ) -> Option<CondUpdate> {
+        let dead_letter = a.spec.dead_letter.as_ref();
+        let spec_redrive = dead_letter.and_then(|d| d.redrive.as_ref());
+        let recorded = prev.redrive.as_ref();
+        let requested = vocab::requested(
+            spec_redrive.map(|r| (r.request_id.as_str(), r.cancel)),
+            a.sc.annotations(),
+            recorded.map(|r| (r.progress.request_id.as_str(), r.progress.phase)),
         );
+        let previous =
+            a.sc.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == REDRIVE));
+        let mut refusal = None;
+        if let (Some(d), Some(r)) = (dead_letter, &requested.request) {
+            // The target topic: the spec's, the recorded one's, or the only source topic.
+            let target_topic = match (spec_redrive, recorded) {
+                (Some(s), _) => Some(s.target_topic.clone()),
+                (None, Some(rec)) if rec.progress.request_id == r.request_id => {
+                    Some(rec.target_topic.clone())
+                }
+                (None, _) => match a.spec.topics.as_slice() {
+                    [one] => Some(one.clone()),
+                    _ => None,
+                },
+            };
+            match target_topic {
+                Some(target_topic) => {
+                    super::redrive::supervise(
+                        &self.redrives,
+                        super::redrive::Request {
+                            sc: a.sc,
+                            key: a.key,
+                            kube: a.kube,
+                            settings: &target.settings,
+                            dead_letter_topic: &d.topic,
+                            target_topic: &target_topic,
+                            request_id: &r.request_id,
+                            rate: spec_redrive.and_then(|s| s.max_messages_per_second),
+                            cancel: r.cancel,
+                        },
+                    );
+                }
+                None => {
+                    refusal = Some(CondUpdate::new(
+                        REDRIVE,
+                        false,
+                        "TargetTopicRequired",
+                        format!(
+                            "redrive request {} not carried out: with several topics the \
+                             target needs spec.source.kafka.deadLetter.redrive.targetTopic",
+                            vocab::quote(&r.request_id)
+                        ),
+                    ));
+                }
+            }
+        }
+        let refused = refusal.is_some()
+            || requested.invalid.is_some()
+            || (requested.triggered() && dead_letter.is_none());
+        let c = match refusal.filter(|_| requested.invalid.is_none()) {
+            Some(c) => Some(c),
+            None => vocab::tick_condition(
+                &requested,
+                dead_letter.is_some(),
+                "spec.source.kafka.deadLetter",
+                recorded.map(|r| &r.progress),
+                previous,
+            ),
+        };
+        if let Some(c) = &c
+            && refused
+            && vocab::is_new_problem(previous, c)
+        {
+            a.kube
+                .event(
+                    a.sc,
+                    true,
+                    &c.reason,
+                    vocab::EVENT_ACTION,
+                    c.message.clone(),
+                )
+                .await;
+        }
+        c
     }
 }
 

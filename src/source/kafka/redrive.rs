@@ -35,11 +35,14 @@ use super::model::partition_for_key;
 use super::records::{self, Outgoing, Produced, Producer};
 use super::wire::Cluster;
 use super::{find_coordinators, list_offsets, metadata, offset_fetch};
-use crate::api::{KafkaRedriveJournal, KafkaRedriveStatus, ScaledConsumer};
+use crate::api::{
+    KafkaRedriveJournal, KafkaRedriveStatus, RedrivePhase, RedriveProgress, ScaledConsumer,
+};
 use crate::kubeio::KubeIo;
 use crate::leader::Guard;
 use crate::source::SourceError;
 use crate::source::jobs::{self, CancelFlag, FINISHED, INTERRUPTED, Jobs};
+use crate::source::vocab;
 use crate::status;
 
 /// Field manager of the redrive's status writes.
@@ -91,18 +94,19 @@ pub fn supervise(jobs: &Jobs, r: Request<'_>) -> jobs::Step {
             .and_then(|k| k.redrive.clone());
     let recorded = prev
         .as_ref()
-        .map(|p| (p.request_id.as_str(), p.state == "Running"));
+        .map(|p| (p.progress.request_id.as_str(), p.progress.phase.is_active()));
     let namespace = r.sc.metadata.namespace.clone().unwrap_or_default();
     let name = r.sc.metadata.name.clone().unwrap_or_default();
     let run_of = |resume: bool, cancel: CancelFlag, guard: Guard| {
         let progress = match (resume, prev.clone()) {
             (true, Some(p)) => p,
             (_, earlier) => KafkaRedriveStatus {
-                request_id: r.request_id.to_string(),
-                state: "Running".into(),
+                progress: RedriveProgress::pending(
+                    r.request_id,
+                    &status::rfc3339(Timestamp::now()),
+                ),
                 target_topic: r.target_topic.to_string(),
                 group: group_name(&namespace, &name, r.request_id),
-                started_at: Some(status::rfc3339(Timestamp::now())),
                 // What earlier requests copied is not copied again.
                 start_offsets: earlier.map(|e| e.stop_offsets).unwrap_or_default(),
                 ..KafkaRedriveStatus::default()
@@ -122,6 +126,7 @@ pub fn supervise(jobs: &Jobs, r: Request<'_>) -> jobs::Step {
             target_partitions: 0,
             written: 0,
             began: Instant::now(),
+            last_refusal: None,
         };
         run.run(resume)
     };
@@ -138,8 +143,8 @@ pub fn supervise(jobs: &Jobs, r: Request<'_>) -> jobs::Step {
 /// Why a run stopped before its end.
 #[derive(Debug)]
 enum Stop {
-    /// Terminal: recorded as `Failed`.
-    Fail(String),
+    /// Terminal: recorded as `Failed` with this reason and message.
+    Fail(&'static str, String),
     /// Transient: the status stays `Running` and a later tick resumes.
     Interrupted(String),
     /// This replica no longer leads in the term the run started in: stop at once, write
@@ -153,7 +158,7 @@ impl From<SourceError> for Stop {
             SourceError::KafkaTopicNotFound { .. }
             | SourceError::Forbidden { .. }
             | SourceError::Unauthorized { .. }
-            | SourceError::InvalidConfig(_) => Stop::Fail(e.to_string()),
+            | SourceError::InvalidConfig(_) => Stop::Fail(e.reason(), e.to_string()),
             other => Stop::Interrupted(other.to_string()),
         }
     }
@@ -177,6 +182,8 @@ struct Run {
     /// Records written by this run, and when it began (for the rate limit).
     written: u64,
     began: Instant,
+    /// Why the target last refused a record in this run.
+    last_refusal: Option<String>,
 }
 
 impl Run {
@@ -191,15 +198,16 @@ impl Run {
                 return INTERRUPTED;
             }
         };
+        let id = self.progress.progress.request_id.clone();
         match recorded {
-            Some(r) if r.request_id == self.progress.request_id && r.state == "Running" => {
+            Some(r) if r.progress.request_id == id && r.progress.phase.is_active() => {
                 self.progress = r;
                 resumed = true;
             }
-            Some(r) if r.request_id == self.progress.request_id => return FINISHED,
+            Some(r) if r.progress.request_id == id => return FINISHED,
             _ if resumed => return INTERRUPTED,
             // Another request still runs: one at a time.
-            Some(r) if r.state == "Running" => return INTERRUPTED,
+            Some(r) if r.progress.phase.is_active() => return INTERRUPTED,
             // What the previous request copied is not copied again.
             Some(r) => self.progress.start_offsets = r.stop_offsets,
             None => {}
@@ -208,21 +216,23 @@ impl Run {
         match result {
             Ok(()) => {}
             Err(Stop::LostLeadership) => {
-                tracing::info!(request = %self.progress.request_id, "redrive stopped: this replica no longer leads; the leader resumes it from the recorded progress");
+                tracing::info!(request = %self.progress.progress.request_id, "redrive stopped: this replica no longer leads; the leader resumes it from the recorded progress");
                 return INTERRUPTED;
             }
             Err(Stop::Interrupted(why)) => {
-                tracing::warn!(request = %self.progress.request_id, reason = %why, "redrive interrupted; a later tick resumes it");
-                self.progress.message = Some(format!("interrupted, resuming: {why}"));
+                tracing::warn!(request = %self.progress.progress.request_id, reason = %why, "redrive interrupted; a later tick resumes it");
+                // Resumable: the phase stays (Running), with why.
+                self.progress.progress.message = Some(format!("interrupted, resuming: {why}"));
                 let _ = self.checkpoint().await;
                 return INTERRUPTED;
             }
-            Err(Stop::Fail(why)) => {
-                self.progress.state = "Failed".into();
-                self.progress.message = Some(why);
+            Err(Stop::Fail(reason, why)) => {
+                self.progress.progress.phase = RedrivePhase::Failed;
+                self.progress.progress.reason = Some(reason.to_string());
+                self.progress.progress.message = Some(why);
             }
         }
-        self.progress.finished_at = Some(status::rfc3339(Timestamp::now()));
+        self.progress.progress.finished_at = Some(status::rfc3339(Timestamp::now()));
         self.progress.journal = None;
         if let Err(e) = self.checkpoint().await {
             tracing::warn!(error = %e, "redrive: cannot record the end; will retry");
@@ -230,10 +240,8 @@ impl Run {
         }
         let p = &self.progress;
         let note = format!(
-            "redrive {} {}: {} of {} copied to {}, {} failed, {} duplicates{}{}",
-            p.request_id,
-            p.state.to_lowercase(),
-            p.moved,
+            "{} of {} to {}; {} failed, {} duplicates{}",
+            vocab::describe(&p.progress),
             p.to_copy,
             p.target_topic,
             p.failed,
@@ -246,14 +254,10 @@ impl Run {
             } else {
                 String::new()
             },
-            p.message
-                .as_deref()
-                .map(|m| format!(" ({m})"))
-                .unwrap_or_default()
         );
-        let warning = p.state == "Failed" || p.failed > 0;
-        let reason = format!("Redrive{}", p.state);
-        self.event(warning, &reason, note).await;
+        if let Some((reason, warning)) = vocab::outcome_event(p.progress.phase) {
+            self.event(warning || p.failed > 0, reason, note).await;
+        }
         FINISHED
     }
 
@@ -278,7 +282,14 @@ impl Run {
 
     async fn event(&self, warning: bool, reason: &str, note: String) {
         self.kube
-            .job_event(&self.guard, &self.sc, warning, reason, "Redrive", note)
+            .job_event(
+                &self.guard,
+                &self.sc,
+                warning,
+                reason,
+                vocab::EVENT_ACTION,
+                note,
+            )
             .await;
     }
 
@@ -300,7 +311,7 @@ impl Run {
         let mut dlq_parts = BTreeMap::new();
         for (topic, parts) in meta.topics {
             let parts = parts.map_err(|e| match e {
-                SourceError::KafkaTopicNotFound { .. } => Stop::Fail(e.to_string()),
+                SourceError::KafkaTopicNotFound { .. } => Stop::Fail(e.reason(), e.to_string()),
                 other => Stop::Interrupted(other.to_string()),
             })?;
             if topic == self.progress.target_topic {
@@ -375,10 +386,10 @@ impl Run {
             self.checkpoint_or_stop().await?;
             self.event(
                 false,
-                "RedriveStarted",
+                vocab::EVENT_STARTED,
                 format!(
                     "redrive {}: copying {} records from {} to {} (progress in group {group})",
-                    self.progress.request_id,
+                    self.progress.progress.request_id,
                     self.progress.to_copy,
                     self.dlq,
                     self.progress.target_topic
@@ -388,10 +399,12 @@ impl Run {
         } else {
             self.event(
                 false,
-                "RedriveResumed",
+                vocab::EVENT_RESUMED,
                 format!(
                     "resuming redrive {} ({} of {} copied so far)",
-                    self.progress.request_id, self.progress.moved, self.progress.to_copy
+                    self.progress.progress.request_id,
+                    self.progress.progress.moved,
+                    self.progress.to_copy
                 ),
             )
             .await;
@@ -452,7 +465,7 @@ impl Run {
             while pos < stop {
                 self.fence()?;
                 if self.cancel.load(Ordering::SeqCst) {
-                    self.progress.state = "Cancelled".into();
+                    self.progress.progress.phase = RedrivePhase::Cancelled;
                     return Ok(());
                 }
                 let leader = self.leader(&self.dlq, p)?;
@@ -486,7 +499,7 @@ impl Run {
                 let failed = self.copy(p, pos, to, &batch).await?;
                 self.progress.skipped_already_copied += skipped as i64;
                 self.progress.duplicates += resent_unknown as i64;
-                self.progress.moved += (skipped + batch.len() - failed.len()) as i64;
+                self.progress.progress.moved += (skipped + batch.len() - failed.len()) as i64;
                 self.progress.failed += failed.len() as i64;
                 for o in &failed {
                     if self.progress.failed_offsets.len() < MAX_FAILED {
@@ -511,18 +524,23 @@ impl Run {
                 }
             }
         }
-        self.progress.state = "Completed".into();
+        self.progress.progress.phase = RedrivePhase::Succeeded;
         if expired > 0 {
-            self.progress.message = Some(format!(
+            self.progress.progress.message = Some(format!(
                 "{expired} records were removed by the dead-letter topic's retention before they could be copied"
             ));
-        } else if self
-            .progress
-            .message
-            .as_deref()
-            .is_some_and(|m| m.starts_with("interrupted"))
-        {
-            self.progress.message = None;
+        } else if self.progress.failed > 0 {
+            // (Replaces a note an interruption may have left.)
+            self.progress.progress.message = Some(match self.last_refusal.take() {
+                Some(why) => format!("last refusal: {why}"),
+                None => format!(
+                    "{} records refused by the target stay in the dead-letter topic",
+                    self.progress.failed
+                ),
+            });
+        } else {
+            // A note left by an interruption no longer applies.
+            self.progress.progress.message = None;
         }
         Ok(())
     }
@@ -575,7 +593,8 @@ impl Run {
                     unknown = true;
                 }
                 for r in &f.records {
-                    let ours = header(r, REQUEST_HEADER) == Some(self.progress.request_id.as_str());
+                    let ours = header(r, REQUEST_HEADER)
+                        == Some(self.progress.progress.request_id.as_str());
                     if let (true, Some(origin)) = (ours, header(r, ORIGIN_HEADER))
                         && let Some(o) = origin.strip_prefix(&prefix)
                         && let Ok(o) = o.parse::<i64>()
@@ -645,6 +664,7 @@ impl Run {
             to,
             target_ends,
         });
+        self.progress.progress.phase = RedrivePhase::Running;
         self.checkpoint_or_stop().await?;
 
         if self.producer.is_none() {
@@ -659,7 +679,7 @@ impl Run {
                     let mut h = r.headers.clone();
                     h.insert(
                         records_str(REQUEST_HEADER),
-                        Some(Bytes::from(self.progress.request_id.clone())),
+                        Some(Bytes::from(self.progress.progress.request_id.clone())),
                     );
                     h.insert(
                         records_str(ORIGIN_HEADER),
@@ -685,7 +705,9 @@ impl Run {
                             Produced::Ok => self.pace(1).await,
                             Produced::Refused(why) => {
                                 refused.push(recs[i].offset);
-                                self.progress.message = Some(format!("last refusal: {why}"));
+                                self.progress.progress.message =
+                                    Some(format!("last refusal: {why}"));
+                                self.last_refusal = Some(why);
                             }
                             Produced::Retry(why) => return Err(Stop::Interrupted(why)),
                         }
@@ -758,7 +780,15 @@ async fn backoff(failures: u32) {
 pub fn redrive_patch(p: &KafkaRedriveStatus) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
     if let Value::Object(map) = &mut v {
-        for key in ["startedAt", "finishedAt", "message", "journal"] {
+        // `state`: the phase's name before v1alpha1's vocabulary change; cleared.
+        for key in [
+            "startedAt",
+            "finishedAt",
+            "message",
+            "reason",
+            "journal",
+            "state",
+        ] {
             map.entry(key).or_insert(Value::Null);
         }
         map.entry("failedOffsets").or_insert(json!([]));
@@ -773,8 +803,11 @@ mod tests {
     #[test]
     fn patch_clears_finished_fields() {
         let p = KafkaRedriveStatus {
-            request_id: "r1".into(),
-            state: "Completed".into(),
+            progress: RedriveProgress {
+                request_id: "r1".into(),
+                phase: RedrivePhase::Succeeded,
+                ..RedriveProgress::default()
+            },
             ..KafkaRedriveStatus::default()
         };
         let v = redrive_patch(&p);
@@ -782,7 +815,9 @@ mod tests {
         assert_eq!(r["journal"], Value::Null);
         assert_eq!(r["message"], Value::Null);
         assert_eq!(r["failedOffsets"], json!([]));
-        assert_eq!(r["state"], "Completed");
+        assert_eq!(r["phase"], "Succeeded");
+        // The pre-vocabulary `state` is cleared, never written.
+        assert!(r["state"].is_null() && r.get("state").is_some());
     }
 
     #[test]
@@ -800,7 +835,7 @@ mod tests {
                 endpoint: "k".into(),
                 topic: "t".into()
             }),
-            Stop::Fail(_)
+            Stop::Fail(..)
         ));
         assert!(matches!(
             Stop::from(SourceError::Timeout {

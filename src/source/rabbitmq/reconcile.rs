@@ -2,11 +2,12 @@
 //!
 //! The controller calls [`Extras::reconcile`] after it has read the queue and decided the
 //! replica count; the outcome is the `status.rabbitmq` object and the conditions
-//! `DeadLettering`, `Redrive` and `Prefetch`. Decisions are made by the pure modules
-//! ([`super::prefetch`], [`super::deadletter`], [`super::redrive`]); broker writes go through
-//! [`super::manage`], Kubernetes writes through [`crate::kubeio`].
+//! `DeadLetterReady`, `Redrive` and `Prefetch` (the names every broker uses:
+//! [`crate::source::vocab`]). Decisions are made by the pure modules ([`super::prefetch`],
+//! [`super::deadletter`], [`super::redrive`]); broker writes go through [`super::manage`],
+//! Kubernetes writes through [`crate::kubeio`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,18 +19,20 @@ use super::deadletter::{self, PlanError};
 use super::manage::{ManageError, ShovelState, Vhost};
 use super::poller::SharedPoller;
 use super::prefetch::{self, Measurements};
-use super::redrive::{self, Pace, Paced, Seen, Step};
+use super::redrive::{self, Cancelling, Pace, Paced, Seen, Step};
 use crate::api::{
-    DeadLetterStatus, PrefetchStatus, REDRIVE_ANNOTATION, RabbitMqStatus, RedriveStatus,
-    ScaleTargetRef, ScaledConsumer,
+    DeadLetterStatus, PrefetchStatus, REDRIVE_ANNOTATION, RabbitMqStatus, RedrivePhase,
+    RedriveStatus, ScaleTargetRef, ScaledConsumer,
 };
 use crate::kubeio::{KubeIo, Target, TemplateEnv};
 use crate::source::Observation;
+use crate::source::vocab::{self, DEAD_LETTER_READY, LEGACY_DEAD_LETTERING, REDRIVE};
 use crate::status::{self, CondUpdate};
 
-pub const DEAD_LETTERING: &str = "DeadLettering";
-pub const REDRIVE: &str = "Redrive";
 pub const PREFETCH: &str = "Prefetch";
+
+/// Redrive statuses remembered per object ([`ObjState::written`]).
+const WRITTEN_KEPT: usize = 16;
 
 /// How often a dead-letter set-up that is in place is checked again.
 const DEAD_LETTER_RECHECK: Duration = Duration::from_secs(300);
@@ -61,7 +64,10 @@ pub struct ValidDeadLetter {
     pub exchange: String,
     pub routing_key: String,
     pub max_deliveries: Option<u32>,
+    /// `redrive.requestId`.
     pub redrive_request: Option<String>,
+    /// `redrive.cancel`.
+    pub redrive_cancel: bool,
     pub max_in_flight: u16,
     /// `redrive.maxMessagesPerSecond`.
     pub max_per_second: Option<u32>,
@@ -96,6 +102,14 @@ struct ObjState {
     dl_result: Option<Result<DeadLetterStatus, (String, String)>>,
     prefetch_checked: Option<Instant>,
     prefetch_result: Option<(PrefetchStatus, CondUpdate)>,
+    /// The redrive request this process started or followed (a first look at an active one
+    /// is a resume: `RedriveResumed`).
+    following: Option<String>,
+    /// Redrive statuses this process recorded, oldest first. A tick may read one of its own
+    /// earlier writes back before the latest has arrived (the first of a tick's two writes,
+    /// or the previous tick's): acting on it would count a batch twice or take a shovel that
+    /// finished for one that never ran. Such a read is replaced by the latest one.
+    written: VecDeque<RedriveStatus>,
     /// Area → fingerprint of the last Event, so each new problem is reported once.
     reported: HashMap<&'static str, String>,
 }
@@ -114,7 +128,7 @@ pub fn amqp_only(sc: &ScaledConsumer) -> Outcome {
     let mut out = Outcome {
         status: None,
         conditions: Vec::new(),
-        remove: vec![DEAD_LETTERING, PREFETCH, REDRIVE],
+        remove: vec![DEAD_LETTER_READY, LEGACY_DEAD_LETTERING, PREFETCH, REDRIVE],
     };
     if let Some(request) = sc
         .annotations()
@@ -154,13 +168,50 @@ impl Extras {
         lock(&self.state).retain(|k, _| live(k));
     }
 
+    /// The redrive status to act on: the stored one, unless this process has seen it before
+    /// and replaced it since (a stale read of its own write), then the latest it wrote. A
+    /// stored status new to this process (after a restart, or written by another leader) is
+    /// acted on and remembered as such.
+    fn latest_redrive(&self, key: &str, stored: Option<&RedriveStatus>) -> Option<RedriveStatus> {
+        let known = lock(&self.state)
+            .get(key)
+            .is_some_and(|s| stored.is_some_and(|r| s.written.contains(r)));
+        match stored {
+            Some(_) if known => lock(&self.state)
+                .get(key)
+                .and_then(|s| s.written.back().cloned()),
+            Some(r) => {
+                self.remember(key, r);
+                Some(r.clone())
+            }
+            None => None,
+        }
+    }
+
+    /// Remember a redrive status this process recorded (or is about to).
+    fn remember(&self, key: &str, r: &RedriveStatus) {
+        let mut st = lock(&self.state);
+        let w = &mut st.entry(key.to_owned()).or_default().written;
+        if w.back() != Some(r) {
+            w.push_back(r.clone());
+            while w.len() > WRITTEN_KEPT {
+                w.pop_front();
+            }
+        }
+    }
+
     pub async fn reconcile(&self, poller: &SharedPoller, kube: &KubeIo, i: Inputs<'_>) -> Outcome {
-        let prev =
+        let mut prev =
             i.sc.status
                 .as_ref()
                 .and_then(|s| s.rabbitmq.clone())
                 .unwrap_or_default();
-        let mut out = Outcome::default();
+        prev.redrive = self.latest_redrive(i.key, prev.redrive.as_ref());
+        let mut out = Outcome {
+            // Renamed to DeadLetterReady: a condition left by an earlier version goes.
+            remove: vec![LEGACY_DEAD_LETTERING],
+            ..Outcome::default()
+        };
         let mut status = RabbitMqStatus::default();
         let vhost = match Vhost::new(poller.api(), i.target) {
             Ok(v) => v,
@@ -173,17 +224,17 @@ impl Extras {
             Some(dl) => {
                 let (st, cond) = self.dead_letter(poller, &vhost, &i, dl).await;
                 status.dead_letter = st;
-                self.report(kube, &i, DEAD_LETTERING, &cond).await;
+                self.report(kube, &i, DEAD_LETTER_READY, &cond).await;
                 out.conditions.push(cond);
             }
             None => {
-                out.remove.push(DEAD_LETTERING);
+                out.remove.push(DEAD_LETTER_READY);
                 if let Some(old) = prev.dead_letter.as_ref().and_then(|d| d.policy.clone()) {
                     if let Err(e) = vhost.delete_policy(&old).await {
                         // Keep reporting it until the policy is gone.
                         status.dead_letter = prev.dead_letter.clone();
                         let cond = CondUpdate::new(
-                            DEAD_LETTERING,
+                            DEAD_LETTER_READY,
                             false,
                             e.reason("PolicyRemovalFailed"),
                             format!("could not remove policy {old:?}: {e}"),
@@ -209,11 +260,17 @@ impl Extras {
         }
 
         // Redrive (needs the dead-letter section for the queue names).
-        let request = i
-            .dead_letter
-            .and_then(|d| d.redrive_request.clone())
-            .or_else(|| i.sc.annotations().get(REDRIVE_ANNOTATION).cloned())
-            .filter(|r| !r.is_empty());
+        let requested = vocab::requested(
+            i.dead_letter.and_then(|d| {
+                d.redrive_request
+                    .as_deref()
+                    .map(|id| (id, d.redrive_cancel))
+            }),
+            i.sc.annotations(),
+            prev.redrive
+                .as_ref()
+                .map(|r| (r.progress.request_id.as_str(), r.progress.phase)),
+        );
         match i.dead_letter {
             Some(dl) => {
                 let (rd, cond) = self
@@ -223,32 +280,51 @@ impl Extras {
                         &vhost,
                         &i,
                         dl,
-                        request.as_deref(),
+                        requested.request.as_ref(),
                         prev.redrive.as_ref(),
                     )
                     .await;
-                status.redrive = rd;
+                let cond = match &requested.invalid {
+                    Some(problem) => Some(vocab::invalid_annotation(
+                        problem,
+                        rd.as_ref().map(|r| &r.progress),
+                    )),
+                    None => cond,
+                };
                 match cond {
+                    Some(c) => {
+                        // Phase changes have their own Events (redrive_phase_event).
+                        let from_phase = rd
+                            .as_ref()
+                            .is_some_and(|r| vocab::condition(&r.progress) == c);
+                        if !from_phase {
+                            self.report(kube, &i, REDRIVE, &c).await;
+                        }
+                        out.conditions.push(c);
+                    }
+                    None => out.remove.push(REDRIVE),
+                }
+                if let Some(r) = &rd {
+                    self.remember(i.key, r);
+                }
+                status.redrive = rd;
+            }
+            None => {
+                status.redrive = prev.redrive.clone();
+                let c = match (&requested.invalid, requested.request.as_ref()) {
+                    (Some(problem), _) => Some(vocab::invalid_annotation(problem, None)),
+                    (None, Some(r)) if requested.triggered() => Some(vocab::no_dead_letter(
+                        &r.request_id,
+                        "spec.source.rabbitmq.deadLetter",
+                    )),
+                    _ => None,
+                };
+                match c {
                     Some(c) => {
                         self.report(kube, &i, REDRIVE, &c).await;
                         out.conditions.push(c);
                     }
                     None => out.remove.push(REDRIVE),
-                }
-            }
-            None => {
-                status.redrive = prev.redrive.clone();
-                if request.is_some() {
-                    let c = CondUpdate::new(
-                        REDRIVE,
-                        false,
-                        "NoDeadLetterQueue",
-                        "a redrive needs spec.source.rabbitmq.deadLetter",
-                    );
-                    self.report(kube, &i, REDRIVE, &c).await;
-                    out.conditions.push(c);
-                } else {
-                    out.remove.push(REDRIVE);
                 }
             }
         }
@@ -283,7 +359,13 @@ impl Extras {
         };
         if new && !c.status {
             tracing::warn!(object = i.key, area, reason = %c.reason, message = %c.message, "rabbitmq");
-            kube.event(i.sc, true, &c.reason, area, c.message.clone())
+            // Event actions as on the other brokers.
+            let action = match area {
+                DEAD_LETTER_READY => "DeadLetter",
+                REDRIVE => vocab::EVENT_ACTION,
+                other => other,
+            };
+            kube.event(i.sc, true, &c.reason, action, c.message.clone())
                 .await;
         }
     }
@@ -351,12 +433,12 @@ impl Extras {
                 );
                 (
                     Some(st),
-                    CondUpdate::new(DEAD_LETTERING, true, "Configured", msg),
+                    CondUpdate::new(DEAD_LETTER_READY, true, "Configured", msg),
                 )
             }
             Err((reason, message)) => (
                 None,
-                CondUpdate::new(DEAD_LETTERING, false, &reason, message),
+                CondUpdate::new(DEAD_LETTER_READY, false, &reason, message),
             ),
         }
     }
@@ -369,7 +451,7 @@ impl Extras {
         vhost: &Vhost<'_>,
         i: &Inputs<'_>,
         dl: &ValidDeadLetter,
-        request: Option<&str>,
+        request: Option<&vocab::Request>,
         recorded: Option<&RedriveStatus>,
     ) -> (Option<RedriveStatus>, Option<CondUpdate>) {
         let namespace = i.sc.namespace().unwrap_or_default();
@@ -378,10 +460,23 @@ impl Extras {
             include_unacked: true,
             ..i.target.clone()
         };
-        match redrive::step(request, recorded, &namespace, &i.sc.name_any()) {
+        let asked = request.map(|r| (r.request_id.as_str(), r.cancel));
+        match redrive::step(asked, recorded, &namespace, &i.sc.name_any()) {
             Step::Idle => {
-                let cond = recorded.map(redrive_condition);
+                let cond = recorded.map(|r| vocab::condition(&r.progress));
                 (recorded.cloned(), cond)
+            }
+            Step::CancelBeforeStart { request_id } => {
+                let depth = poller
+                    .observe(&dlq, Duration::ZERO)
+                    .await
+                    .ok()
+                    .map(|o| o.backlog);
+                let done = redrive::cancelled_before_start(&request_id, depth, &now_text());
+                self.follow(i, &request_id);
+                redrive_phase_event(kube, i, None, &done).await;
+                let c = vocab::condition(&done.progress);
+                (Some(done), Some(c))
             }
             Step::Start { request_id, shovel } => {
                 // Exact depth: what the shovel will move.
@@ -404,7 +499,8 @@ impl Extras {
                             false,
                             "RedriveWaiting",
                             format!(
-                                "redrive {request_id:?}: waiting for the dead-letter queue's depth to size the first batch"
+                                "redrive {}: waiting for the dead-letter queue's depth to size the first batch",
+                                vocab::quote(&request_id)
                             ),
                         );
                         return (recorded.cloned(), Some(c));
@@ -413,20 +509,24 @@ impl Extras {
                         let size = redrive::first_batch(d, Pace::new(rate, i.poll));
                         if size == 0 {
                             let mut done = redrive::starting(&request_id, &shovel, depth, &now);
-                            done.phase = redrive::SUCCEEDED.into();
-                            done.finished_at = Some(now);
-                            done.moved = Some(0);
+                            done.progress.phase = RedrivePhase::Succeeded;
+                            done.progress.finished_at = Some(now);
+                            done.progress.moved = 0;
                             done.dlq_depth_at_end = depth;
                             done.shovel = None;
-                            done.message =
+                            done.creating = false;
+                            done.progress.message =
                                 Some("the dead-letter queue is empty: nothing to move".into());
-                            let c = redrive_condition(&done);
+                            self.follow(i, &request_id);
+                            redrive_phase_event(kube, i, None, &done).await;
+                            let c = vocab::condition(&done.progress);
                             return (Some(done), Some(c));
                         }
                         let st = redrive::starting_paced(&request_id, &shovel, d, size, &now);
                         (st, redrive::batch_shovel(&shovel, 1), Some(size))
                     }
                 };
+                self.follow(i, &request_id);
                 let created = self
                     .record_then_create(kube, vhost, i, dl, &starting, &create, count)
                     .await;
@@ -435,10 +535,11 @@ impl Extras {
                         kube.event(
                             i.sc,
                             false,
-                            "RedriveStarted",
-                            "Redrive",
+                            vocab::EVENT_STARTED,
+                            vocab::EVENT_ACTION,
                             format!(
-                                "redrive {request_id:?}: shovel {create:?} moves {} messages from {:?} to {:?}{}",
+                                "redrive {}: shovel {create:?} moves {} messages from {:?} to {:?}{}",
+                                vocab::quote(&request_id),
                                 count.or(depth).map_or("the".into(), |d| d.to_string()),
                                 dl.queue,
                                 i.target.queue,
@@ -454,18 +555,29 @@ impl Extras {
                         .await;
                         let running =
                             redrive::advance(&starting, &Seen::Running, depth, &now_text());
-                        let c = redrive_condition(&running);
+                        let c = vocab::condition(&running.progress);
                         (Some(running), Some(c))
                     }
                     Created::NotRecorded(c) => (recorded.cloned(), Some(c)),
-                    Created::Refused(failed, c) => (Some(*failed), Some(c)),
+                    Created::Refused(failed) => {
+                        redrive_phase_event(kube, i, Some(&starting), &failed).await;
+                        let c = vocab::condition(&failed.progress);
+                        (Some(*failed), Some(c))
+                    }
                     Created::Unknown(c) => (Some(starting), Some(c)),
                 }
+            }
+            Step::Cancel => {
+                let Some(rec) = recorded else {
+                    return (None, None);
+                };
+                self.cancel(poller, kube, vhost, i, rec, &dlq).await
             }
             Step::Check { shovel, .. } => {
                 let Some(rec) = recorded else {
                     return (None, None);
                 };
+                self.resumed(kube, i, rec).await;
                 if rec.batch.is_some() {
                     return self.paced(poller, kube, vhost, i, dl, rec, &dlq).await;
                 }
@@ -484,11 +596,102 @@ impl Extras {
                 {
                     tracing::warn!(object = i.key, error = %e, "could not delete a terminated shovel");
                 }
-                redrive_phase_event(kube, i, rec, &next).await;
-                let c = redrive_condition(&next);
+                redrive_phase_event(kube, i, Some(rec), &next).await;
+                let c = vocab::condition(&next.progress);
                 (Some(next), Some(c))
             }
         }
+    }
+
+    /// Remember that this process started or follows `request_id`.
+    fn follow(&self, i: &Inputs<'_>, request_id: &str) {
+        lock(&self.state)
+            .entry(i.key.to_owned())
+            .or_default()
+            .following = Some(request_id.to_owned());
+    }
+
+    /// A first look at an active request this process did not start (it started before a
+    /// restart or a change of leader): `RedriveResumed`.
+    async fn resumed(&self, kube: &KubeIo, i: &Inputs<'_>, rec: &RedriveStatus) {
+        let id = &rec.progress.request_id;
+        let new = {
+            let mut st = lock(&self.state);
+            let s = st.entry(i.key.to_owned()).or_default();
+            let new = s.following.as_deref() != Some(id.as_str());
+            s.following = Some(id.clone());
+            new
+        };
+        if new {
+            kube.event(
+                i.sc,
+                false,
+                vocab::EVENT_RESUMED,
+                vocab::EVENT_ACTION,
+                format!(
+                    "following {} started before this operator took over{}",
+                    vocab::describe(&rec.progress),
+                    rec.shovel
+                        .as_deref()
+                        .map(|s| format!(" (shovel {s:?})"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+    }
+
+    /// Cancel the recorded request: remove its shovel (a paced batch in progress may finish
+    /// first), then record what moved.
+    async fn cancel(
+        &self,
+        poller: &SharedPoller,
+        kube: &KubeIo,
+        vhost: &Vhost<'_>,
+        i: &Inputs<'_>,
+        rec: &RedriveStatus,
+        dlq: &RabbitMqTarget,
+    ) -> (Option<RedriveStatus>, Option<CondUpdate>) {
+        let seen = match &rec.shovel {
+            None => Seen::Absent,
+            Some(shovel) => match seen_shovel(vhost, shovel, rec).await {
+                Ok(seen) => seen,
+                Err(c) => return (Some(rec.clone()), Some(c)),
+            },
+        };
+        let shovel = match redrive::cancelling(rec, &seen, Timestamp::now()) {
+            Cancelling::Wait(status) => {
+                let c = vocab::condition(&status.progress);
+                return (Some(*status), Some(c));
+            }
+            Cancelling::Remove { shovel } => shovel,
+        };
+        if let Some(shovel) = &shovel
+            && let Err(e) = vhost.delete_shovel(shovel).await
+        {
+            // Still moving: try again next tick.
+            return (
+                Some(rec.clone()),
+                Some(CondUpdate::new(
+                    REDRIVE,
+                    false,
+                    e.reason("RedriveCancelFailed"),
+                    format!(
+                        "redrive {}: cannot remove shovel {shovel:?} to cancel: {e}",
+                        vocab::quote(&rec.progress.request_id)
+                    ),
+                )),
+            );
+        }
+        let depth = poller
+            .observe(dlq, Duration::ZERO)
+            .await
+            .ok()
+            .map(|o| o.backlog);
+        let done = redrive::cancelled(rec, &seen, depth, &now_text());
+        redrive_phase_event(kube, i, Some(rec), &done).await;
+        let c = vocab::condition(&done.progress);
+        (Some(done), Some(c))
     }
 
     /// Record `starting` in the status, then create `shovel` (moving `count` messages, or
@@ -504,7 +707,7 @@ impl Extras {
         shovel: &str,
         count: Option<i64>,
     ) -> Created {
-        let request_id = &starting.request_id;
+        let request_id = vocab::quote(&starting.progress.request_id);
         let mut whole = i.sc.status.clone().unwrap_or_default();
         whole
             .rabbitmq
@@ -516,10 +719,11 @@ impl Extras {
                 false,
                 "StatusWriteFailed",
                 format!(
-                    "redrive {request_id:?}: shovel {shovel:?} not created: cannot record it first: {e}"
+                    "redrive {request_id}: shovel {shovel:?} not created: cannot record it first: {e}"
                 ),
             ));
         }
+        self.remember(i.key, starting);
         let def = redrive::shovel_definition(
             &i.target.vhost,
             &dl.queue,
@@ -532,18 +736,13 @@ impl Extras {
             Err(e @ (ManageError::PluginMissing { .. } | ManageError::Refused { .. })) => {
                 // Refused: no shovel exists, nothing moved by it.
                 let mut failed = starting.clone();
-                failed.phase = redrive::FAILED.into();
-                failed.finished_at = Some(now_text());
-                failed.moved = Some(starting.moved.unwrap_or(0));
+                failed.progress.phase = RedrivePhase::Failed;
+                failed.progress.finished_at = Some(now_text());
+                failed.progress.reason = Some(e.reason("RedriveRefused").to_owned());
+                failed.progress.message = Some(format!("shovel {shovel:?} not created: {e}"));
                 failed.shovel = None;
-                failed.message = Some(format!("shovel {shovel:?} not created: {e}"));
-                let c = CondUpdate::new(
-                    REDRIVE,
-                    false,
-                    e.reason("RedriveRefused"),
-                    format!("redrive {request_id:?}: shovel {shovel:?} not created: {e}"),
-                );
-                Created::Refused(Box::new(failed), c)
+                failed.creating = false;
+                Created::Refused(Box::new(failed))
             }
             // Unknown whether the shovel exists: the next tick checks.
             Err(e) => Created::Unknown(CondUpdate::new(
@@ -551,7 +750,7 @@ impl Extras {
                 false,
                 e.reason("RedriveUnknown"),
                 format!(
-                    "redrive {request_id:?}: creating shovel {shovel:?} failed ({e}); checking again"
+                    "redrive {request_id}: creating shovel {shovel:?} failed ({e}); checking again"
                 ),
             )),
         }
@@ -600,7 +799,7 @@ impl Extras {
         let base = redrive::shovel_name(
             &i.sc.namespace().unwrap_or_default(),
             &i.sc.name_any(),
-            &rec.request_id,
+            &rec.progress.request_id,
         );
         match redrive::paced(rec, &base, &seen, depth, Timestamp::now(), pace) {
             Paced::Stay { status, delete } => {
@@ -609,8 +808,8 @@ impl Extras {
                 {
                     tracing::warn!(object = i.key, error = %e, "could not delete a waiting shovel");
                 }
-                redrive_phase_event(kube, i, rec, &status).await;
-                let c = redrive_condition(&status);
+                redrive_phase_event(kube, i, Some(rec), &status).await;
+                let c = vocab::condition(&status.progress);
                 (Some(status), Some(c))
             }
             Paced::Batch {
@@ -623,12 +822,13 @@ impl Extras {
             {
                 Created::Yes => {
                     let running = redrive::advance(&record, &Seen::Running, depth, &now_text());
-                    let c = redrive_condition(&running);
+                    let c = vocab::condition(&running.progress);
                     (Some(running), Some(c))
                 }
                 Created::NotRecorded(c) => (Some(rec.clone()), Some(c)),
-                Created::Refused(failed, c) => {
-                    redrive_phase_event(kube, i, rec, &failed).await;
+                Created::Refused(failed) => {
+                    redrive_phase_event(kube, i, Some(rec), &failed).await;
+                    let c = vocab::condition(&failed.progress);
                     (Some(*failed), Some(c))
                 }
                 Created::Unknown(c) => (Some(record), Some(c)),
@@ -910,8 +1110,8 @@ async fn seen_shovel(
             false,
             e.reason("RedriveUnknown"),
             format!(
-                "redrive {:?}: cannot read shovel {shovel:?}: {e}",
-                rec.request_id
+                "redrive {}: cannot read shovel {shovel:?}: {e}",
+                vocab::quote(&rec.progress.request_id)
             ),
         )),
     }
@@ -922,35 +1122,33 @@ enum Created {
     Yes,
     /// The status write failed first: nothing was created.
     NotRecorded(CondUpdate),
-    /// The broker refused: no shovel exists.
-    Refused(Box<RedriveStatus>, CondUpdate),
+    /// The broker refused: no shovel exists; the request is `Failed` with the reason.
+    Refused(Box<RedriveStatus>),
     /// Unknown whether the shovel exists: the next tick checks.
     Unknown(CondUpdate),
 }
 
-/// An Event when a redrive's phase changes (a Warning unless it runs or succeeded).
+/// The outcome Event when a redrive reaches `Succeeded`, `Failed` or `Cancelled` (names
+/// shared by every broker: [`vocab::outcome_event`]).
 async fn redrive_phase_event(
     kube: &KubeIo,
     i: &Inputs<'_>,
-    before: &RedriveStatus,
+    before: Option<&RedriveStatus>,
     after: &RedriveStatus,
 ) {
-    if after.phase == before.phase {
+    if before.is_some_and(|b| b.progress.phase == after.progress.phase) {
         return;
     }
-    let warning = after.phase != redrive::SUCCEEDED && after.phase != redrive::RUNNING;
-    kube.event(
-        i.sc,
-        warning,
-        &format!("Redrive{}", after.phase),
-        "Redrive",
-        format!(
-            "redrive {:?}: {}",
-            after.request_id,
-            after.message.clone().unwrap_or_default()
-        ),
-    )
-    .await;
+    if let Some((reason, warning)) = vocab::outcome_event(after.progress.phase) {
+        kube.event(
+            i.sc,
+            warning,
+            reason,
+            vocab::EVENT_ACTION,
+            vocab::describe(&after.progress),
+        )
+        .await;
+    }
 }
 
 fn describe(d: &Delivery, i: &Inputs<'_>) -> String {
@@ -960,28 +1158,6 @@ fn describe(d: &Delivery, i: &Inputs<'_>) -> String {
             i.workload.kind, i.workload.name
         ),
         Delivery::ConfigMap { name, key } => format!("key {key} of ConfigMap {name}"),
-    }
-}
-
-fn redrive_condition(r: &RedriveStatus) -> CondUpdate {
-    let msg = format!(
-        "redrive {:?}: {}",
-        r.request_id,
-        r.message.clone().unwrap_or_default()
-    );
-    match r.phase.as_str() {
-        redrive::SUCCEEDED => CondUpdate::new(REDRIVE, true, "Succeeded", msg),
-        redrive::RUNNING => CondUpdate::new(REDRIVE, true, "Running", msg),
-        redrive::STARTING => CondUpdate::new(REDRIVE, true, "Starting", msg),
-        redrive::INTERRUPTED => CondUpdate::new(REDRIVE, false, "RedriveInterrupted", msg),
-        _ => {
-            let reason = if msg.contains("plugin is not enabled") {
-                "ShovelPluginMissing"
-            } else {
-                "RedriveFailed"
-            };
-            CondUpdate::new(REDRIVE, false, reason, msg)
-        }
     }
 }
 
@@ -1097,17 +1273,67 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_read_of_an_own_write_is_replaced_by_the_latest() {
+        let extras = Extras::new();
+        let status = |batch: i64, creating: bool| RedriveStatus {
+            progress: crate::api::RedriveProgress {
+                request_id: "r1".into(),
+                phase: RedrivePhase::Running,
+                moved: 5 * (batch - 1),
+                ..Default::default()
+            },
+            batch: Some(batch),
+            creating,
+            ..RedriveStatus::default()
+        };
+        // Nothing written here (a restart, another leader): the stored status as it is.
+        assert_eq!(
+            extras.latest_redrive("ns/x", Some(&status(2, true))),
+            Some(status(2, true))
+        );
+        // Batch 3 recorded (creating), then created: a read of either older write gives the
+        // latest.
+        extras.remember("ns/x", &status(2, false));
+        extras.remember("ns/x", &status(3, true));
+        extras.remember("ns/x", &status(3, false));
+        for stale in [status(2, false), status(3, true), status(3, false)] {
+            assert_eq!(
+                extras.latest_redrive("ns/x", Some(&stale)),
+                Some(status(3, false))
+            );
+        }
+        // Something this process never wrote (another leader's) wins, and is itself
+        // recognised when read again after this process moved on.
+        assert_eq!(
+            extras.latest_redrive("ns/x", Some(&status(9, false))),
+            Some(status(9, false))
+        );
+        extras.remember("ns/x", &status(10, false));
+        assert_eq!(
+            extras.latest_redrive("ns/x", Some(&status(9, false))),
+            Some(status(10, false))
+        );
+        assert_eq!(extras.latest_redrive("ns/x", None), None);
+    }
+
+    #[test]
     fn amqp_only_clears_the_extras() {
         let out = amqp_only(&object(serde_json::json!({})));
         assert_eq!(out.status, None);
         assert!(out.conditions.is_empty());
-        assert_eq!(out.remove, [DEAD_LETTERING, PREFETCH, REDRIVE]);
+        assert_eq!(
+            out.remove,
+            [DEAD_LETTER_READY, LEGACY_DEAD_LETTERING, PREFETCH, REDRIVE]
+        );
     }
 
     #[test]
     fn amqp_only_refuses_a_redrive_request() {
         let out = amqp_only(&object(serde_json::json!({REDRIVE_ANNOTATION: "r1"})));
-        assert_eq!(out.remove, [DEAD_LETTERING, PREFETCH]);
+        assert_eq!(
+            out.remove,
+            [DEAD_LETTER_READY, LEGACY_DEAD_LETTERING, PREFETCH]
+        );
         let [c] = out.conditions.as_slice() else {
             panic!("one condition: {:?}", out.conditions)
         };

@@ -7,10 +7,12 @@
 //!    changes it (the depth read already returned it, so checking costs no request);
 //! 5. when the section is removed, remove the policy nerite set.
 //!
-//! Then the redrive, if one is requested, is supervised ([`super::redrive`]).
+//! Then the redrive, if one is requested (`deadLetter.redrive`, the `nerite.dev/redrive-request`
+//! annotation) or still running, is supervised ([`super::redrive`]), and the `Redrive`
+//! condition shows the recorded one ([`crate::source::vocab`]).
 //!
-//! Problems never stop scaling: they become the `DeadLetterReady` condition and a Warning
-//! Event when they first appear.
+//! Problems never stop scaling: they become the `DeadLetterReady` (or `Redrive`) condition
+//! and a Warning Event when they first appear.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,17 +20,16 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use jiff::Timestamp;
+use kube::ResourceExt;
 
 use super::model::{self, AllowPolicy, PolicyPlan, QueueArn, QueueUrl, RedrivePolicy};
 use super::{Conn, SqsApi, SqsReading, SqsTarget, send};
-use crate::api::{ScaledConsumer, SqsDeadLetter, SqsDeadLetterStatus, SqsStatus};
+use crate::api::{ScaledConsumer, SqsDeadLetter, SqsDeadLetterStatus, SqsRedrive, SqsStatus};
 use crate::kubeio::KubeIo;
 use crate::source::SourceError;
+use crate::source::vocab::{self, DEAD_LETTER_READY, REDRIVE};
 use crate::status::{self, CondUpdate};
 use crate::validate::ValidSqs;
-
-/// Condition type for the dead-letter setup.
-pub const DEAD_LETTER_READY: &str = "DeadLetterReady";
 
 /// How long a resolved DLQ (URL, ARN, type, allow policy) is trusted before it is read again.
 const DLQ_RECHECK: Duration = Duration::from_secs(60);
@@ -97,11 +98,14 @@ impl SqsApi {
             .as_ref()
             .and_then(|s| s.sqs.clone())
             .unwrap_or_default();
-        let prev_cond = sc
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == DEAD_LETTER_READY))
-            .cloned();
+        let prev_of = |t: &str| {
+            sc.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+                .cloned()
+        };
+        let prev_cond = prev_of(DEAD_LETTER_READY);
+        let prev_redrive_cond = prev_of(REDRIVE);
         let Some((target, reading)) =
             target.and_then(|t| Some((t, self.last_reading(t, Duration::from_secs(30))?)))
         else {
@@ -136,6 +140,14 @@ impl SqsApi {
             }
         };
         let events = Events { sc, kube };
+        let spec_redrive = spec.dead_letter.as_ref().and_then(|d| d.redrive.as_ref());
+        let requested = vocab::requested(
+            spec_redrive.map(|r| (r.request_id.as_str(), r.cancel)),
+            sc.annotations(),
+            prev.redrive
+                .as_ref()
+                .map(|r| (r.progress.request_id.as_str(), r.progress.phase)),
+        );
 
         match &spec.dead_letter {
             Some(dl) => {
@@ -162,7 +174,16 @@ impl SqsApi {
                                 dl.max_receive_count, resolved.arn
                             ),
                         ));
-                        if let Some(redrive) = &dl.redrive {
+                        if let Some(r) = &requested.request {
+                            // Mode and rate come with the spec's request; an annotation (or
+                            // a recorded run) uses the defaults.
+                            let request = SqsRedrive {
+                                request_id: r.request_id.clone(),
+                                mode: spec_redrive.and_then(|s| s.mode),
+                                max_messages_per_second: spec_redrive
+                                    .and_then(|s| s.max_messages_per_second),
+                                cancel: r.cancel,
+                            };
                             super::redrive::supervise(
                                 &self.redrives,
                                 super::redrive::Supervise {
@@ -170,7 +191,7 @@ impl SqsApi {
                                     key,
                                     kube,
                                     conn: &conn,
-                                    request: redrive,
+                                    request: &request,
                                     endpoint: spec.endpoint.as_deref(),
                                     source_url: &target.queue_url,
                                     source_arn: reading.queue_arn.as_deref().unwrap_or_default(),
@@ -204,7 +225,7 @@ impl SqsApi {
                         Ok(()) => {
                             events
                                 .normal(
-                                    "RedrivePolicyRemoved",
+                                    "DeadLetterPolicyRemoved",
                                     &format!(
                                         "deadLetter removed from the spec: removed the redrive \
                                          policy to {} from {}",
@@ -234,6 +255,23 @@ impl SqsApi {
                     conditions.push(not_configured());
                 }
             }
+        }
+
+        // The Redrive condition: a refusal, else the recorded redrive (its run writes it).
+        let refused =
+            requested.invalid.is_some() || (requested.triggered() && spec.dead_letter.is_none());
+        if let Some(c) = vocab::tick_condition(
+            &requested,
+            spec.dead_letter.is_some(),
+            "spec.source.sqs.deadLetter",
+            prev.redrive.as_ref().map(|r| &r.progress),
+            prev_redrive_cond.as_ref(),
+        ) {
+            if refused && vocab::is_new_problem(prev_redrive_cond.as_ref(), &c) {
+                kube.event(sc, true, &c.reason, vocab::EVENT_ACTION, c.message.clone())
+                    .await;
+            }
+            conditions.push(c);
         }
         SqsTickOutcome {
             status: Some(status),

@@ -43,11 +43,15 @@ use serde_json::{Value, json};
 use super::deadletter::Resolved;
 use super::model;
 use super::{Conn, send};
-use crate::api::{ScaledConsumer, SqsRedrive, SqsRedriveJournal, SqsRedriveMode, SqsRedriveStatus};
+use crate::api::{
+    RedrivePhase, RedriveProgress, ScaledConsumer, SqsRedrive, SqsRedriveJournal, SqsRedriveMode,
+    SqsRedriveStatus,
+};
 use crate::kubeio::KubeIo;
 use crate::leader::Guard;
 use crate::source::SourceError;
 use crate::source::jobs::{self, CancelFlag, FINISHED, INTERRUPTED, Jobs, Step};
+use crate::source::vocab;
 use crate::status;
 
 /// Field manager of the redrive's status writes.
@@ -72,6 +76,7 @@ pub(crate) struct Supervise<'a> {
     pub key: &'a str,
     pub kube: &'a Arc<KubeIo>,
     pub conn: &'a Conn,
+    /// The request in force (from the spec, the annotations or the recorded status).
     pub request: &'a SqsRedrive,
     pub endpoint: Option<&'a str>,
     pub source_url: &'a str,
@@ -92,7 +97,7 @@ pub fn step(
         &request.request_id,
         request.cancel,
         running,
-        prev.map(|p| (p.request_id.as_str(), p.state == "Running")),
+        prev.map(|p| (p.progress.request_id.as_str(), p.progress.phase.is_active())),
     )
 }
 
@@ -100,7 +105,7 @@ pub fn step(
 pub(crate) fn supervise(jobs: &Redrives, s: Supervise<'_>) {
     let recorded = s
         .prev
-        .map(|p| (p.request_id.as_str(), p.state == "Running"));
+        .map(|p| (p.progress.request_id.as_str(), p.progress.phase.is_active()));
     let start = |resumed: bool, cancel: CancelFlag, guard: Guard| {
         let resume = if resumed { s.prev.cloned() } else { None };
         let mode = match (&resume, s.request.mode) {
@@ -126,10 +131,11 @@ pub(crate) fn supervise(jobs: &Redrives, s: Supervise<'_>) {
             cancel,
             guard,
             progress: resume.clone().unwrap_or_else(|| SqsRedriveStatus {
-                request_id: s.request.request_id.clone(),
+                progress: RedriveProgress::pending(
+                    &s.request.request_id,
+                    &status::rfc3339(Timestamp::now()),
+                ),
                 mode: mode_name(mode).to_string(),
-                state: "Running".to_string(),
-                started_at: Some(status::rfc3339(Timestamp::now())),
                 ..SqsRedriveStatus::default()
             }),
         };
@@ -156,8 +162,8 @@ fn mode_name(m: SqsRedriveMode) -> &'static str {
 /// Why a run stopped before its end.
 #[derive(Debug)]
 enum Stop {
-    /// Terminal: recorded as `Failed`.
-    Fail(String),
+    /// Terminal: recorded as `Failed` with this reason and message.
+    Fail(&'static str, String),
     /// Transient: the status stays `Running` and a later tick resumes.
     Interrupted(String),
     /// This replica no longer leads in the term the run started in: stop at once, write
@@ -309,7 +315,7 @@ impl Run {
             }
         };
         match recorded {
-            Some(r) if r.request_id == self.request_id && r.state == "Running" => {
+            Some(r) if r.progress.request_id == self.request_id && r.progress.phase.is_active() => {
                 mode = if r.mode == "Client" {
                     SqsRedriveMode::Client
                 } else {
@@ -319,7 +325,7 @@ impl Run {
                 resumed = true;
             }
             // Already ended: nothing to do.
-            Some(r) if r.request_id == self.request_id => return FINISHED,
+            Some(r) if r.progress.request_id == self.request_id => return FINISHED,
             // Planned as a resume, but the record no longer shows this run: a later tick
             // decides again.
             _ if resumed => return INTERRUPTED,
@@ -328,10 +334,10 @@ impl Run {
         if resumed {
             self.event(
                 false,
-                "RedriveResumed",
+                vocab::EVENT_RESUMED,
                 format!(
                     "resuming redrive {} ({} moved so far)",
-                    self.request_id, self.progress.moved
+                    self.request_id, self.progress.progress.moved
                 ),
             )
             .await;
@@ -342,7 +348,7 @@ impl Run {
             }
             self.event(
                 false,
-                "RedriveStarted",
+                vocab::EVENT_STARTED,
                 format!(
                     "redrive {} from {} to {} ({} mode)",
                     self.request_id,
@@ -365,15 +371,18 @@ impl Run {
             }
             Err(Stop::Interrupted(why)) => {
                 tracing::warn!(request = %self.request_id, reason = %why, "redrive interrupted; a later tick resumes it");
+                // Resumable: the phase stays (Running), with why.
+                self.progress.progress.message = Some(format!("interrupted, resuming: {why}"));
                 let _ = self.checkpoint().await;
                 return INTERRUPTED;
             }
-            Err(Stop::Fail(why)) => {
-                self.progress.state = "Failed".into();
-                self.progress.message = Some(why);
+            Err(Stop::Fail(reason, why)) => {
+                self.progress.progress.phase = RedrivePhase::Failed;
+                self.progress.progress.reason = Some(reason.to_string());
+                self.progress.progress.message = Some(why);
             }
         }
-        self.progress.finished_at = Some(status::rfc3339(Timestamp::now()));
+        self.progress.progress.finished_at = Some(status::rfc3339(Timestamp::now()));
         self.progress.journal = None;
         if let Err(e) = self.checkpoint().await {
             tracing::warn!(error = %e, "redrive: cannot record the end; will retry");
@@ -381,20 +390,14 @@ impl Run {
         }
         let p = &self.progress;
         let note = format!(
-            "redrive {} {}: {} moved, {} failed, {} possible duplicates{}",
-            p.request_id,
-            p.state.to_lowercase(),
-            p.moved,
+            "{}; {} failed, {} possible duplicates",
+            vocab::describe(&p.progress),
             p.failed,
             p.duplicates,
-            p.message
-                .as_deref()
-                .map(|m| format!(" ({m})"))
-                .unwrap_or_default()
         );
-        let warning = p.state == "Failed" || p.failed > 0;
-        let reason = format!("Redrive{}", p.state);
-        self.event(warning, &reason, note).await;
+        if let Some((reason, warning)) = vocab::outcome_event(p.progress.phase) {
+            self.event(warning || p.failed > 0, reason, note).await;
+        }
         FINISHED
     }
 
@@ -408,7 +411,14 @@ impl Run {
 
     async fn event(&self, warning: bool, reason: &str, note: String) {
         self.kube
-            .job_event(&self.guard, &self.sc, warning, reason, "Redrive", note)
+            .job_event(
+                &self.guard,
+                &self.sc,
+                warning,
+                reason,
+                vocab::EVENT_ACTION,
+                note,
+            )
             .await;
     }
 
@@ -461,13 +471,14 @@ impl Run {
                     Ok(out) => {
                         let h = out.task_handle().unwrap_or_default().to_string();
                         self.progress.task_handle = Some(h.clone());
+                        self.progress.progress.phase = RedrivePhase::Running;
                         self.checkpoint_or_stop().await?;
                         h
                     }
                     Err(e) => {
                         let why = describe(&e);
                         self.progress.mode = "Client".into();
-                        self.progress.message = Some(format!(
+                        self.progress.progress.message = Some(format!(
                             "StartMessageMoveTask refused or not implemented ({why}); moved by nerite instead"
                         ));
                         self.checkpoint_or_stop().await?;
@@ -498,7 +509,9 @@ impl Run {
                         .task_handle(&handle)
                 ) {
                     Ok(_) => cancel_sent = true,
-                    Err(e) => self.progress.message = Some(format!("cancel: {}", describe(&e))),
+                    Err(e) => {
+                        self.progress.progress.message = Some(format!("cancel: {}", describe(&e)))
+                    }
                 }
             }
             match send!(
@@ -517,11 +530,14 @@ impl Run {
                         .find(|t| t.task_handle() == Some(handle.as_str()))
                         .or_else(|| tasks.first());
                     let Some(task) = task else {
-                        return Err(Stop::Fail("the move task is not listed".into()));
+                        return Err(Stop::Fail(
+                            "MoveTaskNotListed",
+                            "the move task is not listed".into(),
+                        ));
                     };
                     let moved = task.approximate_number_of_messages_moved();
-                    let changed = moved != self.progress.moved;
-                    self.progress.moved = moved;
+                    let changed = moved != self.progress.progress.moved;
+                    self.progress.progress.moved = moved;
                     match task_state(task.status().unwrap_or_default(), task.failure_reason()) {
                         TaskState::Running => {
                             if changed {
@@ -529,14 +545,14 @@ impl Run {
                             }
                         }
                         TaskState::Completed => {
-                            self.progress.state = "Completed".into();
+                            self.progress.progress.phase = RedrivePhase::Succeeded;
                             return Ok(());
                         }
                         TaskState::Cancelled => {
-                            self.progress.state = "Cancelled".into();
+                            self.progress.progress.phase = RedrivePhase::Cancelled;
                             return Ok(());
                         }
-                        TaskState::Failed(why) => return Err(Stop::Fail(why)),
+                        TaskState::Failed(why) => return Err(Stop::Fail("MoveTaskFailed", why)),
                     }
                 }
                 Err(e) => {
@@ -572,7 +588,7 @@ impl Run {
         loop {
             if self.cancel.load(Ordering::SeqCst) {
                 self.release(&held).await;
-                self.progress.state = "Cancelled".into();
+                self.progress.progress.phase = RedrivePhase::Cancelled;
                 return Ok(());
             }
             self.keep_hidden(&mut held).await;
@@ -588,10 +604,10 @@ impl Run {
                     let blocked = self.fifo && held_n > 0;
                     if in_flight <= held_n && (visible == 0 || blocked) {
                         self.release(&held).await;
-                        self.progress.state = "Completed".into();
+                        self.progress.progress.phase = RedrivePhase::Succeeded;
                         let left = visible + held_n;
-                        let refusal = self.progress.message.take().unwrap_or_default();
-                        self.progress.message = (left > 0).then(|| {
+                        let refusal = self.progress.progress.message.take().unwrap_or_default();
+                        self.progress.progress.message = (left > 0).then(|| {
                             let mut m = format!("{left} messages left in the dead-letter queue");
                             if !refusal.is_empty() {
                                 m.push_str("; ");
@@ -603,8 +619,8 @@ impl Run {
                     }
                     if last_progress.elapsed() > patience {
                         self.release(&held).await;
-                        self.progress.state = "Completed".into();
-                        self.progress.message = Some(format!(
+                        self.progress.progress.phase = RedrivePhase::Succeeded;
+                        self.progress.progress.message = Some(format!(
                             "{} messages stayed in flight and {visible} visible but not \
                              receivable in the dead-letter queue (another consumer?) and were \
                              left there",
@@ -641,6 +657,7 @@ impl Run {
                 phase: "Sending".into(),
                 message_ids: batch.iter().map(|m| m.message_id.clone()).collect(),
             });
+            self.progress.progress.phase = RedrivePhase::Running;
             self.checkpoint_or_stop().await?;
 
             let results = self.send(&batch).await?;
@@ -660,14 +677,14 @@ impl Run {
                         if self.progress.failed_message_ids.len() < MAX_FAILED_IDS {
                             self.progress.failed_message_ids.push(m.message_id.clone());
                         }
-                        self.progress.message = Some(format!("last refusal: {why}"));
+                        self.progress.progress.message = Some(format!("last refusal: {why}"));
                         known_failed.insert(m.message_id.clone());
                         held.push(m);
                     }
                     Sent::Retry(_) => retry.push(m),
                 }
             }
-            self.progress.moved += i64::try_from(sent.len()).unwrap_or(0);
+            self.progress.progress.moved += i64::try_from(sent.len()).unwrap_or(0);
             self.progress.journal = Some(SqsRedriveJournal {
                 phase: "Sent".into(),
                 message_ids: sent.iter().map(|m| m.message_id.clone()).collect(),
@@ -698,7 +715,7 @@ impl Run {
         match e {
             SourceError::SqsQueueNotFound { .. }
             | SourceError::Forbidden { .. }
-            | SourceError::AwsCredentials { .. } => Stop::Fail(e.to_string()),
+            | SourceError::AwsCredentials { .. } => Stop::Fail(e.reason(), e.to_string()),
             _ => Stop::Interrupted(e.to_string()),
         }
     }
@@ -1005,12 +1022,15 @@ async fn backoff(failures: u32) {
 pub fn redrive_patch(p: &SqsRedriveStatus) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
     if let Value::Object(map) = &mut v {
+        // `state`: the phase's name before v1alpha1's vocabulary change; cleared.
         for key in [
             "startedAt",
             "finishedAt",
             "message",
+            "reason",
             "taskHandle",
             "journal",
+            "state",
         ] {
             map.entry(key).or_insert(Value::Null);
         }
@@ -1045,11 +1065,14 @@ mod tests {
         }
     }
 
-    fn status(id: &str, state: &str) -> SqsRedriveStatus {
+    fn status(id: &str, phase: &str) -> SqsRedriveStatus {
         SqsRedriveStatus {
-            request_id: id.into(),
+            progress: RedriveProgress {
+                request_id: id.into(),
+                phase: RedrivePhase::from_recorded(phase),
+                ..RedriveProgress::default()
+            },
             mode: "Client".into(),
-            state: state.into(),
             ..SqsRedriveStatus::default()
         }
     }
@@ -1062,16 +1085,24 @@ mod tests {
         assert_eq!(step(&r1, Some(("r1", FINISHED)), None), Step::Nothing);
         // Done before a restart: the status says so.
         assert_eq!(
-            step(&r1, None, Some(&status("r1", "Completed"))),
+            step(&r1, None, Some(&status("r1", "Succeeded"))),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(&r1, None, Some(&status("r1", "Cancelled"))),
             Step::Nothing
         );
         assert_eq!(
             step(&r1, None, Some(&status("r1", "Failed"))),
             Step::Nothing
         );
-        // Running before a restart, or interrupted here: resume.
+        // Pending or Running before a restart, or interrupted here: resume.
         assert_eq!(
             step(&r1, None, Some(&status("r1", "Running"))),
+            Step::Resume
+        );
+        assert_eq!(
+            step(&r1, None, Some(&status("r1", "Pending"))),
             Step::Resume
         );
         assert_eq!(
@@ -1087,7 +1118,7 @@ mod tests {
             step(
                 &req("r2", false),
                 Some(("r1", FINISHED)),
-                Some(&status("r1", "Completed"))
+                Some(&status("r1", "Succeeded"))
             ),
             Step::Start
         );
@@ -1161,5 +1192,8 @@ mod tests {
         assert_eq!(r["requestId"], "r1");
         assert!(r["journal"].is_null() && r.get("journal").is_some());
         assert_eq!(r["failedMessageIds"], json!([]));
+        assert_eq!(r["phase"], "Running");
+        // The pre-vocabulary `state` is cleared, never written.
+        assert!(r["state"].is_null() && r.get("state").is_some());
     }
 }
