@@ -777,6 +777,41 @@ async fn redrive(kafka: Arc<Kafka>) -> Result<(), String> {
         return Err(format!("r2: {r2:?}, {} records on the target", after.len()));
     }
     println!("  r1 did not run again after a spec change; r2 copied only the 5 new records");
+
+    // The annotation triggers the next one (the spec's request removed: the spec would win).
+    let k = kafka.clone();
+    blocking(move || k.produce_keyed("retry.dlq", 3, "annotated")).await??;
+    cluster
+        .patch_scaled_consumer(
+            ns,
+            "retry",
+            json!({
+                "metadata": {"annotations": {"nerite.dev/redrive-request": "a3"}},
+                "spec": {"source": {"kafka": {"deadLetter": {"topic": "retry.dlq", "redrive": null}}}}
+            }),
+        )
+        .await?;
+    let r3 = redrive_done(&cluster, ns, "retry", "a3", Duration::from_secs(120)).await?;
+    let after = records_of(&kafka, "retry").await?;
+    if (r3.progress.phase, r3.progress.moved, after.len()) != (RedrivePhase::Succeeded, 3, 1008) {
+        return Err(format!("a3: {r3:?}, {} records on the target", after.len()));
+    }
+    wait_status(
+        &cluster,
+        ns,
+        "retry",
+        "Redrive=True/Succeeded for a3",
+        Duration::from_secs(30),
+        |s| {
+            condition(s, "Redrive")
+                .filter(|c| {
+                    c.status == "True" && c.reason == "Succeeded" && c.message.contains("a3")
+                })
+                .map(drop)
+        },
+    )
+    .await?;
+    println!("  the annotation started a3: the 3 records since r2 copied");
     Ok(())
 }
 

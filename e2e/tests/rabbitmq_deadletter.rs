@@ -57,6 +57,14 @@ pub fn trials(env: &Env) -> Vec<Trial> {
     ));
     let e = env.clone();
     trials.push(Trial::test(
+        "rabbitmq_deadletter::cancel_stops_a_paced_redrive_and_loses_nothing",
+        move || {
+            let rabbit = e.rabbitmq()?;
+            run(async move { cancel(&rabbit).await })
+        },
+    ));
+    let e = env.clone();
+    trials.push(Trial::test(
         "rabbitmq_deadletter::bad_inputs_get_clear_conditions",
         move || {
             let rabbit = e.rabbitmq()?;
@@ -623,6 +631,198 @@ async fn redrive(rabbit: &Arc<RabbitMq>, queue: &'static str, mode: Mode) -> Res
     on(rabbit, move |r| {
         r.delete_queue("/", queue)?;
         r.delete_queue("/", &format!("{queue}.dlq"))
+    })
+    .await
+}
+
+/// Dead-letter `n` messages (`message 0` .. `message n-1`) of `queue`.
+async fn dead_letter_n(
+    rabbit: &Arc<RabbitMq>,
+    queue: &'static str,
+    n: usize,
+) -> Result<(), String> {
+    on(rabbit, move |r| {
+        r.publish("/", queue, n)?;
+        let mut taken = 0;
+        while taken < n {
+            let got = r.take("/", queue, n - taken, "reject_requeue_false")?.len();
+            if got == 0 {
+                return Err(format!("only {taken} of {n} could be rejected"));
+            }
+            taken += got;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A paced redrive (5 a second, batches of 5) of 200 messages, cancelled mid-way with
+/// `cancel: true`: the shovel is gone, the request ends `Cancelled`, `moved` is what left the
+/// DLQ, nothing moves afterwards, and every message is in exactly one of the two queues.
+async fn cancel(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
+    const QUEUE: &str = "rc";
+    const N: i64 = 200;
+    let ns = "rc";
+    let dlq = format!("{QUEUE}.dlq");
+    let cluster = cluster(ns).await?;
+    on(rabbit, |r| r.declare_queue("/", QUEUE)).await?;
+    cluster
+        .scaled_consumer(ns, "sc", spec(rabbit, QUEUE, json!({})))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _operator = cluster.start_operator(ns);
+    status_where(&cluster, ns, "sc", "DeadLetterReady", |s| {
+        cond_is(s, "DeadLetterReady", "True", "Configured")
+    })
+    .await?;
+    eventually("policy in force", LONG, || async {
+        let info = on(rabbit, |r| r.queue_info("/", QUEUE)).await?;
+        Ok((info["policy"] == json!(format!("nerite.dlx.{QUEUE}"))).then_some(()))
+    })
+    .await?;
+    dead_letter_n(rabbit, QUEUE, N as usize).await?;
+    wait_depth(rabbit, &dlq, N).await?;
+    status_where(&cluster, ns, "sc", "status DLQ depth 200", |s| {
+        s.rabbitmq
+            .as_ref()
+            .and_then(|r| r.dead_letter.as_ref())
+            .and_then(|d| d.depth)
+            == Some(N)
+    })
+    .await?;
+    let redrive = |cancel: bool| {
+        json!({"spec": {"source": {"rabbitmq": {"deadLetter": {"redrive": {
+            "requestId": "c1", "maxMessagesPerSecond": 5, "cancel": cancel
+        }}}}}})
+    };
+    cluster
+        .patch_scaled_consumer(ns, "sc", redrive(false))
+        .await?;
+    // Batches of 5 at most once a second and one per tick: 200 take 40 s or (loaded) more;
+    // cancel after 10 have moved.
+    let moving = status_where(&cluster, ns, "sc", "10 moved", |s| {
+        s.rabbitmq
+            .as_ref()
+            .and_then(|r| r.redrive.as_ref())
+            .is_some_and(|r| r.progress.moved >= 10)
+    })
+    .await?;
+    cluster
+        .patch_scaled_consumer(ns, "sc", redrive(true))
+        .await?;
+    let done = status_where(&cluster, ns, "sc", "redrive ended", |s| {
+        s.rabbitmq
+            .as_ref()
+            .and_then(|r| r.redrive.as_ref())
+            .is_some_and(|r| !r.progress.phase.is_active())
+    })
+    .await?;
+    let rd = done
+        .rabbitmq
+        .as_ref()
+        .and_then(|r| r.redrive.clone())
+        .ok_or("no redrive status")?;
+    let moved = rd.progress.moved;
+    println!(
+        "  cancelled at {} moved (asked at {}): {}",
+        moved,
+        moving
+            .rabbitmq
+            .and_then(|r| r.redrive)
+            .map(|r| r.progress.moved)
+            .unwrap_or_default(),
+        rd.progress.message.clone().unwrap_or_default()
+    );
+    if rd.progress.phase != RedrivePhase::Cancelled || moved <= 0 || moved >= N {
+        return Err(format!("cancelled redrive status: {rd:?}"));
+    }
+    if rd.shovel.is_some() || rd.progress.finished_at.is_none() {
+        return Err(format!(
+            "a cancelled redrive names no shovel and has ended: {rd:?}"
+        ));
+    }
+    let c = condition(&done, "Redrive")
+        .cloned()
+        .ok_or("no Redrive condition")?;
+    if (c.status.as_str(), c.reason.as_str()) != ("True", "Cancelled") {
+        return Err(format!("Redrive condition after the cancel: {c:?}"));
+    }
+    if !shovels_from(rabbit, &dlq).await?.is_empty() {
+        return Err("a shovel of the cancelled redrive is left".into());
+    }
+    // What left the DLQ is on the source queue, the rest still in the DLQ (the broker's
+    // counts settle within a stats interval).
+    eventually("DLQ + source = 200", LONG, || {
+        let dlq = dlq.clone();
+        async move {
+            let (d, q) = on(rabbit, move |r| {
+                Ok((r.depth("/", &dlq)?, r.depth("/", QUEUE)?))
+            })
+            .await
+            .unwrap_or((-1, -1));
+            Ok((d == N - moved && q == moved).then_some(()))
+        }
+    })
+    .await?;
+    // Nothing moves after the cancel: two more ticks, same counts, no shovel.
+    let seen = done
+        .last_observation
+        .as_ref()
+        .map(|o| o.observed_at.clone());
+    let later = status_where(&cluster, ns, "sc", "a later tick", |s| {
+        s.last_observation.as_ref().map(|o| o.observed_at.clone()) != seen
+    })
+    .await?;
+    let seen = later
+        .last_observation
+        .as_ref()
+        .map(|o| o.observed_at.clone());
+    status_where(&cluster, ns, "sc", "one more tick", |s| {
+        s.last_observation.as_ref().map(|o| o.observed_at.clone()) != seen
+    })
+    .await?;
+    let after = cluster.status(ns, "sc").await?;
+    if after.rabbitmq.and_then(|r| r.redrive) != Some(rd.clone())
+        || !shovels_from(rabbit, &dlq).await?.is_empty()
+    {
+        return Err("the cancelled redrive changed or moved on after the cancel".into());
+    }
+    let events = cluster.events_for(ns, "sc").await?;
+    if !events
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("RedriveCancelled"))
+    {
+        return Err("no RedriveCancelled event".into());
+    }
+    // Every message exactly once across the two queues.
+    let dlq2 = dlq.clone();
+    let mut payloads = on(rabbit, move |r| {
+        r.take("/", &dlq2, 400, "ack_requeue_false")
+    })
+    .await?;
+    let from_dlq = payloads.len();
+    payloads.extend(on(rabbit, |r| r.take("/", QUEUE, 400, "ack_requeue_false")).await?);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for p in &payloads {
+        *seen.entry(p.clone()).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let missing = (0..N)
+        .filter(|i| !seen.contains_key(&format!("message {i}")))
+        .count();
+    println!(
+        "  after the cancel: {} in the DLQ, {} on the source, {duplicates} duplicates, {missing} missing",
+        from_dlq,
+        payloads.len() - from_dlq
+    );
+    if missing > 0 || duplicates > 0 || from_dlq as i64 != N - moved {
+        return Err(format!(
+            "{missing} missing, {duplicates} duplicates, {from_dlq} in the DLQ (moved {moved})"
+        ));
+    }
+    on(rabbit, move |r| {
+        r.delete_queue("/", QUEUE)?;
+        r.delete_queue("/", &dlq)
     })
     .await
 }

@@ -65,6 +65,11 @@ pub fn trials(env: &Env) -> Vec<Trial> {
         env,
         |m| run(aws_move_task(m)),
     ));
+    trials.push(with_moto(
+        "annotations_start_refuse_and_cancel_redrives",
+        env,
+        |m| run(annotation_redrive(m)),
+    ));
     trials.push(with_moto("bad_inputs_get_clear_conditions", env, |m| {
         // A private server that checks signatures and IAM permissions.
         let guarded = Moto::start()?;
@@ -1104,5 +1109,183 @@ async fn aws_move_task(moto: Arc<Moto>) -> Result<(), String> {
             v_src + f_src + v_dlq + f_dlq
         ));
     }
+    Ok(())
+}
+
+async fn annotate(cluster: &Cluster, ns: &str, name: &str, pairs: Value) -> Result<(), String> {
+    cluster
+        .patch_scaled_consumer(ns, name, json!({"metadata": {"annotations": pairs}}))
+        .await
+}
+
+/// The `Redrive` condition once it has `status` and `reason`.
+async fn redrive_condition(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> Result<nerite::api::Condition, String> {
+    let c = eventually(
+        &format!("{name}: Redrive={status}/{reason}"),
+        Duration::from_secs(60),
+        || async {
+            let s = cluster.status(ns, name).await?;
+            Ok(condition(&s, "Redrive")
+                .filter(|c| c.status == status && c.reason == reason)
+                .cloned())
+        },
+    )
+    .await;
+    match c {
+        Ok(c) => Ok(c),
+        Err(e) => Err(format!("{e}{}", dump(cluster, ns, name).await)),
+    }
+}
+
+/// The annotations on SQS: `nerite.dev/redrive-request` starts a redrive (client mode by
+/// default here); without a `deadLetter` section, or with an id that breaks the rule, the
+/// request is refused with a condition and an Event; `nerite.dev/redrive-cancel` cancels a
+/// spec-triggered redrive of its id mid-way, losing nothing.
+async fn annotation_redrive(moto: Arc<Moto>) -> Result<(), String> {
+    const REQUEST: &str = "nerite.dev/redrive-request";
+    const CANCEL: &str = "nerite.dev/redrive-cancel";
+    let ns = "sqs-annotate";
+    let cluster = Cluster::fake(true).await?;
+    setup(&cluster, ns, &["annot", "plain"]).await?;
+    let sqs = moto.sqs();
+    let src = sqs.create_queue("annot-src", &[]).await?;
+    let dlq = sqs.create_queue("annot-dlq", &[]).await?;
+    sqs.create_queue("plain-src", &[]).await?;
+    let first = bodies("a", 30);
+    sqs.send(&dlq, &first, None, None, None).await?;
+    let mut with_dl = source(&moto, "annot-src");
+    with_dl["deadLetter"] = json!({"queue": "annot-dlq", "maxReceiveCount": 5});
+    cluster
+        .scaled_consumer(ns, "annot", spec("annot", with_dl.clone(), 100))
+        .await
+        .map_err(|e| e.to_string())?;
+    cluster
+        .scaled_consumer(ns, "plain", spec("plain", source(&moto, "plain-src"), 100))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _op = cluster.start_operator(ns);
+    eventually("DeadLetterReady", Duration::from_secs(60), || async {
+        let s = status(&cluster, ns, "annot").await?;
+        Ok(condition(&s, "DeadLetterReady")
+            .filter(|c| c.status == "True")
+            .map(drop))
+    })
+    .await?;
+
+    // The annotation starts a redrive, once.
+    annotate(&cluster, ns, "annot", json!({REQUEST: "a1"})).await?;
+    let r = completed(&cluster, ns, "annot", "a1", Duration::from_secs(120)).await?;
+    if (r.progress.phase, r.progress.moved, r.mode.as_str())
+        != (RedrivePhase::Succeeded, 30, "Client")
+    {
+        return Err(format!("annotation-triggered redrive: {r:?}"));
+    }
+    let c = redrive_condition(&cluster, ns, "annot", "True", "Succeeded").await?;
+    for reason in ["RedriveStarted", "RedriveSucceeded"] {
+        has_event(&cluster, ns, "annot", reason)
+            .await?
+            .ok_or(format!("no {reason} event"))?;
+    }
+    let back = sqs.drain(&src).await?;
+    if back.len() != 30 || sqs.depth(&dlq).await? != (0, 0, 0) {
+        return Err(format!("{} of 30 back on the source", back.len()));
+    }
+    println!("  annotation a1: 30 moved; {}", c.message);
+
+    // No deadLetter section: refused, with a condition and an Event.
+    annotate(&cluster, ns, "plain", json!({REQUEST: "p1"})).await?;
+    let c = redrive_condition(&cluster, ns, "plain", "False", "NoDeadLetter").await?;
+    if !c.message.contains("spec.source.sqs.deadLetter") || !c.message.contains("\"p1\"") {
+        return Err(format!("unclear refusal: {c:?}"));
+    }
+    has_event(&cluster, ns, "plain", "NoDeadLetter")
+        .await?
+        .ok_or("no NoDeadLetter event")?;
+    // Removing the annotation removes the refusal.
+    annotate(&cluster, ns, "plain", json!({REQUEST: null})).await?;
+    eventually("the refusal gone", Duration::from_secs(60), || async {
+        let s = status(&cluster, ns, "plain").await?;
+        Ok(condition(&s, "Redrive").is_none().then_some(()))
+    })
+    .await?;
+    println!("  without deadLetter: {}", c.message);
+
+    // An id that breaks the rule: a condition and an Event, nothing started.
+    annotate(&cluster, ns, "annot", json!({REQUEST: "not a valid id!"})).await?;
+    let c = redrive_condition(&cluster, ns, "annot", "False", "InvalidRedriveAnnotation").await?;
+    if !c.message.contains(REQUEST) || !c.message.contains("1-63") {
+        return Err(format!("unclear invalid-annotation condition: {c:?}"));
+    }
+    has_event(&cluster, ns, "annot", "InvalidRedriveAnnotation")
+        .await?
+        .ok_or("no InvalidRedriveAnnotation event")?;
+    let r = redrive_status(&cluster, ns, "annot")
+        .await?
+        .ok_or("no redrive status")?;
+    if r.progress.request_id != "a1" {
+        return Err(format!("an invalid annotation started a redrive: {r:?}"));
+    }
+    println!("  invalid annotation: {}", c.message);
+
+    // A slow spec-triggered redrive, cancelled by the annotation mid-way.
+    let second = bodies("s", 100);
+    sqs.send(&dlq, &second, None, None, None).await?;
+    let mut slow = with_dl;
+    slow["deadLetter"]["redrive"] =
+        json!({"requestId": "s1", "mode": "Client", "maxMessagesPerSecond": 2});
+    cluster
+        .patch_scaled_consumer(
+            ns,
+            "annot",
+            json!({"metadata": {"annotations": {REQUEST: null}}, "spec": {"source": {"sqs": slow}}}),
+        )
+        .await?;
+    eventually("s1 moving", Duration::from_secs(60), || async {
+        let r = redrive_status(&cluster, ns, "annot").await?;
+        Ok(
+            r.filter(|r| r.progress.request_id == "s1" && r.progress.moved > 0)
+                .map(drop),
+        )
+    })
+    .await?;
+    annotate(&cluster, ns, "annot", json!({CANCEL: "s1"})).await?;
+    let r = completed(&cluster, ns, "annot", "s1", Duration::from_secs(120)).await?;
+    if r.progress.phase != RedrivePhase::Cancelled || r.progress.moved >= 100 {
+        return Err(format!("cancel by annotation: {r:?}"));
+    }
+    redrive_condition(&cluster, ns, "annot", "True", "Cancelled").await?;
+    has_event(&cluster, ns, "annot", "RedriveCancelled")
+        .await?
+        .ok_or("no RedriveCancelled event")?;
+    // Every message in exactly one of the two queues (released ones become visible).
+    let moved = r.progress.moved;
+    eventually("DLQ + source = 100", Duration::from_secs(60), || async {
+        let (v_src, f_src, _) = sqs.depth(&src).await?;
+        let (v_dlq, f_dlq, _) = sqs.depth(&dlq).await?;
+        Ok((v_src == moved && f_src == 0 && v_dlq == 100 - moved && f_dlq == 0).then_some(()))
+    })
+    .await?;
+    let on_source: BTreeSet<String> = sqs.drain(&src).await?.into_iter().map(|m| m.body).collect();
+    let in_dlq: BTreeSet<String> = sqs.drain(&dlq).await?.into_iter().map(|m| m.body).collect();
+    let all: BTreeSet<String> = on_source.union(&in_dlq).cloned().collect();
+    let want: BTreeSet<String> = second.iter().cloned().collect();
+    if all != want || !on_source.is_disjoint(&in_dlq) {
+        return Err(format!(
+            "after the cancel: {} on the source, {} in the DLQ, {} of 100 distinct",
+            on_source.len(),
+            in_dlq.len(),
+            all.len()
+        ));
+    }
+    println!(
+        "  s1 cancelled by annotation at {moved} moved; {} in the DLQ, nothing lost",
+        in_dlq.len()
+    );
     Ok(())
 }
