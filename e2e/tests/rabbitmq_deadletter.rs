@@ -670,7 +670,8 @@ async fn cancel(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
         .scaled_consumer(ns, "sc", spec(rabbit, QUEUE, json!({})))
         .await
         .map_err(|e| e.to_string())?;
-    let _operator = cluster.start_operator(ns);
+    // The trial counts polls through status.lastObservation: every poll writes it.
+    let _operator = cluster.start_operator_writing_every_poll(ns);
     status_where(&cluster, ns, "sc", "DeadLetterReady", |s| {
         cond_is(s, "DeadLetterReady", "True", "Configured")
     })
