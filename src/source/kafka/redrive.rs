@@ -17,7 +17,9 @@
 //! After a restart the committed offset says where to go on; a journaled batch beyond it may
 //! or may not have reached the target, so nerite reads the target partitions from the
 //! journaled end offsets, finds the records already copied by their origin header, and
-//! copies only the rest (`skippedAlreadyCopied`). Only when that check is impossible (the
+//! copies only the rest (`skippedAlreadyCopied`); a journaled batch the commit already covers
+//! (stopped between the commit and the status write that counts it) is counted by its copies
+//! found on the target. Only when that check is impossible (the
 //! target's retention already removed the journaled range) are records copied again and
 //! counted in `duplicates`. Records the target refuses (too large, invalid) are counted in
 //! `failed` with their offsets and stay in the dead-letter topic.
@@ -447,6 +449,19 @@ impl Run {
                 expired += log_start - c;
             }
             let mut pos = done.unwrap_or(first).max(first);
+            // A journaled batch is never counted in the recorded progress yet (the write that
+            // counts it clears the journal). Committed already: the operator stopped between
+            // the commit and that write; its copies are on the target, count them now.
+            if let Some(j) = self.progress.journal.clone()
+                && j.partition == p
+                && j.to <= pos
+            {
+                let (found, _) = self.already_copied(&j).await?;
+                let n = i64::try_from(found.len()).unwrap_or(i64::MAX);
+                self.progress.progress.moved += n;
+                self.progress.skipped_already_copied += n;
+                self.progress.journal = None;
+            }
             // A batch journaled beyond the commit may already be on the target.
             let mut already: HashSet<i64> = HashSet::new();
             let mut unverifiable: HashSet<i64> = HashSet::new();
