@@ -21,7 +21,8 @@
 //! - A replica that stops gracefully clears the holder, so another takes over within one
 //!   retry period instead of waiting for the Lease to expire.
 //!
-//! A leader that is killed is replaced within the lease duration (plus one API call).
+//! A leader that is killed is replaced within the lease duration plus one retry period (and
+//! one API call).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
