@@ -177,6 +177,18 @@ async fn hand_over(rabbit: &Arc<RabbitMq>) -> Result<(), String> {
     blocking(move || r.declare_queue("/", "ha-jobs")).await??;
     let r = rabbit.clone();
     blocking(move || r.publish("/", "ha-jobs", 300)).await??;
+    // The management API's counts lag the publishes: start the replicas only once it shows
+    // all 300, so the first reading asks for 3 replicas at once (one Scaled Event).
+    let r = rabbit.clone();
+    blocking(move || {
+        crate::support::rabbitmq::wait_for(Duration::from_secs(30), || {
+            match r.depth("/", "ha-jobs")? {
+                300 => Ok(()),
+                n => Err(format!("{n} of 300 messages counted")),
+            }
+        })
+    })
+    .await??;
     let spec = json!({
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
                 "minReplicas": 1,

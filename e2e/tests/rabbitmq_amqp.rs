@@ -506,12 +506,18 @@ async fn operator_scales(rabbit: Arc<RabbitMq>) -> Result<(), String> {
         "  scaled {:.1}s after publishing",
         published.elapsed().as_secs_f64()
     );
+    // The first reading may come while the last publishes are still being enqueued (954 of
+    // 1000 is 10 replicas too): wait for the reason of a reading of all of them.
     let s = eventually(
-        "status to explain the scale-up",
-        Duration::from_secs(10),
+        "status to explain the scale-up from a backlog of 1000",
+        Duration::from_secs(20),
         || async {
             let s = cluster.status(ns, "orders").await?;
-            Ok((s.desired_replicas == Some(10)).then_some(s))
+            let full = s
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("backlog 1000"));
+            Ok((s.desired_replicas == Some(10) && full).then_some(s))
         },
     )
     .await?;
