@@ -1,23 +1,26 @@
 //! nerite keeps message-queue consumers sized to their work.
 //!
-//! The library is split along the reconcile pipeline: [`api`] (the CRD types), [`validate`]
-//! (spec checks), [`source`] (brokers, one file each), [`policy`] (pure decisions),
-//! [`kubeio`] (the one place that acts on Kubernetes), [`status`] (pure status building) and
-//! [`controller`] (the loop that ties them together). [`leader`] (Lease-based leader
-//! election) and [`metrics`] (Prometheus metrics, health endpoints) run beside it.
+//! The library is layered; each layer imports only from the layers before it (a unit test,
+//! `layers::imports_go_one_way`, keeps it so). See `ARCHITECTURE.md`.
+//!
+//! 1. [`core`]: observations, the pure scaling policy, durations, conditions, errors, the
+//!    leadership state. No Kubernetes client, no I/O.
+//! 2. [`spec`]: the CRD types, validation of a spec into a `ValidSpec`, the redrive
+//!    vocabulary, the CRD generator. [`simulate`] (the offline simulator) sits beside it.
+//! 3. [`kubeio`]: the one writer to Kubernetes, which holds the leadership.
+//! 4. [`brokers`]: one folder per broker (RabbitMQ, SQS, Kafka) and the background jobs.
+//! 5. [`reconcile`]: one ScaledConsumer's poll — validate, observe, decide, act, status.
+//! 6. [`runtime`]: the command line, the client, leader election, metrics serving, the
+//!    controllers.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod cli;
-pub mod client;
-pub mod controller;
-pub mod crdgen;
-pub mod error;
+pub mod brokers;
+pub mod core;
 pub mod kubeio;
-pub mod leader;
-pub mod metrics;
-pub mod policy;
+pub mod reconcile;
+pub mod runtime;
 pub mod simulate;
-pub mod source;
-pub mod status;
-pub mod validate;
+pub mod spec;
+
+#[cfg(test)]
+mod layers;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    nerite::cli::main()
+    nerite::runtime::cli::main()
 }

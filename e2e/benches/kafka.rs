@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nerite::source::kafka::model::{CapMode, OffsetReset};
-use nerite::source::kafka::wire::{Cluster, Settings, Traffic};
-use nerite::source::kafka::{KafkaApi, KafkaTarget, list_offsets, metadata, offset_fetch};
+use nerite::brokers::kafka::model::{CapMode, OffsetReset};
+use nerite::brokers::kafka::wire::{Cluster, Settings, Traffic};
+use nerite::brokers::kafka::{KafkaApi, KafkaTarget, list_offsets, metadata, offset_fetch};
 use nerite_testkit::kafka::Kafka;
 
 const TICKS: usize = 5;
@@ -151,9 +151,10 @@ async fn per_partition(kafka: &Kafka, targets: &[KafkaTarget]) -> (f64, f64, f64
     let coordinators: Arc<Vec<i32>> = Arc::new({
         let mut v = Vec::new();
         for (c, t) in clusters.iter().zip(targets) {
-            let found = nerite::source::kafka::find_coordinators(c, std::slice::from_ref(&t.group))
-                .await
-                .expect("coordinator");
+            let found =
+                nerite::brokers::kafka::find_coordinators(c, std::slice::from_ref(&t.group))
+                    .await
+                    .expect("coordinator");
             v.push(found.first().map_or(0, |x| x.1));
         }
         v

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use nerite::source::sqs::{SqsApi, SqsTarget};
-use nerite::source::{Credentials, Source};
+use nerite::brokers::Source;
+use nerite::brokers::sqs::{SqsApi, SqsTarget};
+use nerite::core::observation::Credentials;
 use nerite_testkit::moto::{Moto, REGION, Sqs, queue_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -130,7 +131,7 @@ async fn nerite_side(endpoint: &str, objects: usize, queues: usize, c: &Counters
         row.calls[tick] = c.requests.load(Ordering::Relaxed) - r0;
         row.connections[tick] = c.connections.load(Ordering::Relaxed) - c0;
         // The next tick comes one poll interval later: past the coalescing window.
-        tokio::time::sleep(nerite::source::sqs::COALESCE).await;
+        tokio::time::sleep(nerite::brokers::sqs::COALESCE).await;
     }
     row.clients = api.client_count().await;
     row
@@ -180,7 +181,7 @@ async fn baseline_side(endpoint: &str, objects: usize, queues: usize, c: &Counte
         row.millis[tick] = started.elapsed().as_millis();
         row.calls[tick] = c.requests.load(Ordering::Relaxed) - r0;
         row.connections[tick] = c.connections.load(Ordering::Relaxed) - c0;
-        tokio::time::sleep(nerite::source::sqs::COALESCE).await;
+        tokio::time::sleep(nerite::brokers::sqs::COALESCE).await;
     }
     row
 }

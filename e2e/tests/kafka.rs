@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{KafkaRedriveStatus, KafkaStatus, RedrivePhase, ScaledConsumerStatus};
+use nerite::spec::api::{KafkaRedriveStatus, KafkaStatus, RedrivePhase, ScaledConsumerStatus};
 use nerite_testkit::ops::OperatorProcess;
 use serde_json::{Value, json};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{RedrivePhase, SqsRedriveStatus};
+use nerite::spec::api::{RedrivePhase, SqsRedriveStatus};
 use serde_json::json;
 
 use crate::support::cluster::{Cluster, blocking, eventually};

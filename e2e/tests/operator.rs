@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use libtest_mimic::{Failed, Trial};
-use nerite::api::ScaledConsumer;
+use nerite::spec::api::ScaledConsumer;
 use serde_json::{Value, json};
 
 use crate::support::Env;
@@ -158,7 +158,7 @@ async fn scale_up_and_down(
         .await
         .map_err(|e| e.to_string())?;
     let metrics_addr = ops::free_local_addr()?;
-    let _operator = cluster.start_operator_with(nerite::controller::OperatorConfig {
+    let _operator = cluster.start_operator_with(nerite::runtime::OperatorConfig {
         metrics_addr: Some(metrics_addr),
         ..Cluster::operator_config(ns)
     });

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
-use nerite::source::rabbitmq::amqp::{AmqpReader, AmqpTarget};
-use nerite::source::{Credentials, SourceError};
+use nerite::brokers::rabbitmq::amqp::{AmqpReader, AmqpTarget};
+use nerite::core::error::SourceError;
+use nerite::core::observation::Credentials;
 use serde_json::{Value, json};
 
 use crate::support::cluster::{Cluster, blocking, condition, eventually};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{RedrivePhase, ScaledConsumerStatus};
+use nerite::spec::api::{RedrivePhase, ScaledConsumerStatus};
 use serde_json::{Value, json};
 
 use crate::support::Env;

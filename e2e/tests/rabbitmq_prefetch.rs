@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{PrefetchStatus, ScaledConsumerStatus};
+use nerite::spec::api::{PrefetchStatus, ScaledConsumerStatus};
 use serde_json::{Value, json};
 
 use crate::support::Env;

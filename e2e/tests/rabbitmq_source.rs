@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
-use nerite::source::rabbitmq::{ManagementApi, RabbitMqTarget};
-use nerite::source::{Credentials, SourceError};
+use nerite::brokers::rabbitmq::{ManagementApi, RabbitMqTarget};
+use nerite::core::error::SourceError;
+use nerite::core::observation::Credentials;
 
 use crate::support::probe::Probe;
 use crate::support::rabbitmq::{QueueKind, RabbitMq, free_ports, wait_for, wait_until};

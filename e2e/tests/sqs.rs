@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use libtest_mimic::{Failed, Trial};
-use nerite::api::{RedrivePhase, ScaledConsumer, ScaledConsumerStatus, SqsRedriveStatus};
-use nerite::source::sqs::model::{QueueArn, RedrivePolicy};
+use nerite::brokers::sqs::model::{QueueArn, RedrivePolicy};
+use nerite::spec::api::{RedrivePhase, ScaledConsumer, ScaledConsumerStatus, SqsRedriveStatus};
 use serde_json::{Value, json};
 
 use crate::support::cluster::{Cluster, condition, eventually};
@@ -1125,7 +1125,7 @@ async fn redrive_condition(
     name: &str,
     status: &str,
     reason: &str,
-) -> Result<nerite::api::Condition, String> {
+) -> Result<nerite::spec::api::Condition, String> {
     let c = eventually(
         &format!("{name}: Redrive={status}/{reason}"),
         Duration::from_secs(60),

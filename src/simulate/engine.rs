@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use jiff::Timestamp;
 
 use super::trace::Message;
-use crate::source::Observation;
+use crate::core::observation::Observation;
 
 /// The consumer model.
 #[derive(Clone, Debug, PartialEq)]

@@ -8,7 +8,7 @@
 //! - [`policies`]: the compared policies (static, KEDA, KEDA tuned, nerite, oracle);
 //! - [`output`]: the table, JSON and SVG.
 //!
-//! nerite's policy here is `crate::policy::decide` itself, fed the observations the broker
+//! nerite's policy here is `crate::core::policy::decide` itself, fed the observations the broker
 //! would give (statistics `stats_delay` old, rates over 5 s), ticked every poll interval.
 
 pub mod engine;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::engine::{Scaler, View, timestamp};
 use super::keda::{Keda, KedaConfig};
-use crate::policy::{self, History, Input, PolicyConfig};
+use crate::core::policy::{self, History, Input, PolicyConfig};
 
 /// A fixed count.
 pub struct Static(pub i32);
@@ -102,7 +102,7 @@ impl Nerite {
         poll_interval: Duration,
         startup_delay: Duration,
     ) -> PolicyConfig {
-        use crate::validate as v;
+        use crate::spec::validate as v;
         PolicyConfig {
             min_replicas: min,
             max_replicas: max,
@@ -116,7 +116,7 @@ impl Nerite {
             scale_down_max_step: None,
             activation_backlog: 0,
             scale_to_zero_cooldown: v::DEFAULT_SCALE_TO_ZERO_COOLDOWN,
-            fallback: crate::policy::Fallback::Hold,
+            fallback: crate::core::policy::Fallback::Hold,
             max_message_wait: Some(max_message_wait),
             startup_delay,
         }

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config};
-use nerite::api::{ScaledConsumer, ScaledConsumerStatus};
-use nerite::controller::{self, OperatorConfig};
+use nerite::runtime::{self, OperatorConfig};
+use nerite::spec::api::{ScaledConsumer, ScaledConsumerStatus};
 use nerite_fake_apiserver::{FakeApiServer, Handle};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -62,11 +62,11 @@ impl Cluster {
 
     /// A real cluster from `NERITE_E2E_KUBECONFIG`, with the CRD applied.
     pub async fn real(kubeconfig: &str) -> Result<Cluster, String> {
-        let client = nerite::client::connect(Some(std::path::Path::new(kubeconfig)))
+        let client = nerite::runtime::client::connect(Some(std::path::Path::new(kubeconfig)))
             .await
             .map_err(|e| e.to_string())?;
         let crd: Value =
-            serde_yaml::from_str(&nerite::crdgen::crd_yaml().map_err(|e| e.to_string())?)
+            serde_yaml::from_str(&nerite::spec::crdgen::crd_yaml().map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             Api::all(client.clone());
@@ -114,7 +114,7 @@ impl Cluster {
         let (tx, rx) = oneshot::channel::<()>();
         let client = self.client.clone();
         let task = tokio::spawn(async move {
-            controller::run(client, cfg, async move {
+            runtime::run(client, cfg, async move {
                 let _ = rx.await;
             })
             .await;
@@ -322,7 +322,7 @@ impl Drop for Operator {
 pub fn condition<'a>(
     s: &'a ScaledConsumerStatus,
     type_: &str,
-) -> Option<&'a nerite::api::Condition> {
+) -> Option<&'a nerite::spec::api::Condition> {
     s.conditions.iter().find(|c| c.type_ == type_)
 }
 

@@ -185,7 +185,7 @@ impl Sqs {
             .region(Region::new(region.to_string()))
             .endpoint_url(endpoint)
             .credentials_provider(Credentials::new(key, secret, None, None, "test"))
-            .http_client(nerite::source::sqs::https_client())
+            .http_client(nerite::brokers::sqs::https_client())
             .build();
         Sqs {
             client: Client::from_conf(conf),

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use nerite::source::rabbitmq::RabbitMqTarget;
-use nerite::source::rabbitmq::amqp::AmqpTarget;
-use nerite::source::{Observation, Source, SourceError};
+use nerite::brokers::Source;
+use nerite::brokers::rabbitmq::RabbitMqTarget;
+use nerite::brokers::rabbitmq::amqp::AmqpTarget;
+use nerite::core::error::SourceError;
+use nerite::core::observation::Observation;
 
 use super::rabbitmq::wait_for;
 

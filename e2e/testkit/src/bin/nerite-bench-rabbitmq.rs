@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nerite::source::rabbitmq::poller::SharedPoller;
-use nerite::source::rabbitmq::{ManagementApi, RabbitMqTarget, Traffic};
-use nerite::source::{Credentials, Source};
+use nerite::brokers::Source;
+use nerite::brokers::rabbitmq::poller::SharedPoller;
+use nerite::brokers::rabbitmq::{ManagementApi, RabbitMqTarget, Traffic};
+use nerite::core::observation::Credentials;
 use nerite_testkit::rabbitmq::{RabbitMq, wait_for};
 
 const VHOST: &str = "bench";
